@@ -1,0 +1,271 @@
+"""Text as a `SequenceModel`: any Hugging Face causal LM + tokenizer from a local folder.
+
+The model runs over ponder's own KV cache (`ponder.kernels.KVCache`, preallocated, truncatable),
+bridged into transformers' `Cache` interface, with left padding, per-row attention masks and
+per-row positions kept beside it — so decoders in `ponder.search.decoding` can drive Llama, Qwen2,
+GPT-2 … step by step, roll back rejected tokens, and reorder rows, without `model.generate`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ponder.errors import InputError, ModelLoadError
+from ponder.kernels import KVCache
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _hf_cache_classes():
+    """Build the transformers `Cache` bridge lazily, so importing this module stays light."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class _Layer(CacheLayerMixin):
+        """One decoder layer's view onto the shared ponder `KVCache`."""
+
+        is_sliding = False
+        is_croppable = True
+
+        def __init__(self, store: KVCache, index: int):
+            super().__init__()
+            self.store, self.index = store, index
+
+        def lazy_initialization(self, key_states, value_states):
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            # key_states, value_states: [B, H, T, D] -> whole stored [B, H, L+T, D]
+            self.is_initialized = True
+            return self.store.append(self.index, key_states, value_states)
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.get_seq_length() + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return self.store.layer_length(self.index)
+
+        def get_max_length(self) -> int:
+            return -1
+
+        def reset(self) -> None:
+            self.store.reset()
+
+        def crop(self, tokens_to_remove: int) -> None:
+            self.store.truncate(self.get_seq_length() + tokens_to_remove if tokens_to_remove < 0
+                                else tokens_to_remove)
+
+        def reorder_cache(self, beam_idx):
+            raise RuntimeError("reorder a TextCache through TextCache.reorder, not per layer")
+
+    class TextCache(Cache):
+        """ponder's KV cache for one batch of a text model, plus its padding mask.
+
+        length: positions stored (left padding included), shared by every row.
+        attention_mask: [B, length] 1 for real tokens, 0 for left padding.
+        """
+
+        def __init__(self, num_layers: int, capacity: int = 256):
+            self.store = KVCache(num_layers, capacity=capacity)
+            super().__init__(layers=[_Layer(self.store, i) for i in range(num_layers)])
+            self.attention_mask: torch.Tensor | None = None  # [B, length]
+
+        @property
+        def length(self) -> int:
+            return self.store.length
+
+        def truncate(self, length: int) -> None:
+            """Roll back to the first `length` positions (rejected draft tokens, ...)."""
+            self.store.truncate(length)
+            if self.attention_mask is not None:
+                self.attention_mask = self.attention_mask[:, :length]
+
+        def reorder(self, index: torch.Tensor) -> None:
+            """Keep / duplicate rows: row j becomes old row index[j]. index: [B']"""
+            self.store.reorder(index)
+            if self.attention_mask is not None:
+                self.attention_mask = self.attention_mask[index]
+
+        def crop(self, tokens_to_remove: int) -> None:
+            self.truncate(self.length + tokens_to_remove if tokens_to_remove < 0 else tokens_to_remove)
+
+        def reorder_cache(self, beam_idx):
+            self.reorder(beam_idx)
+
+    return TextCache
+
+
+_TEXT_CACHE = None
+
+
+def text_cache_class():
+    global _TEXT_CACHE
+    if _TEXT_CACHE is None:
+        _TEXT_CACHE = _hf_cache_classes()
+    return _TEXT_CACHE
+
+
+class TextModel:
+    """A `SequenceModel` over a transformers causal LM and its tokenizer.
+
+    Build it with `TextModel.from_folder(path)` (what `ponder.load("text", path)` does) or wrap an
+    already loaded model and tokenizer.
+    """
+
+    modality = "text"
+
+    def __init__(self, model, tokenizer, name: str = "model", card: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.card = card or {}
+        config = model.config
+        self.num_layers = config.get_text_config(decoder=True).num_hidden_layers
+        self.context_length = int(
+            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+            or getattr(tokenizer, "model_max_length", 2048)
+        )
+        eos = set()
+        for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None),
+                       config.eos_token_id):
+            if source is None:
+                continue
+            eos.update(source if isinstance(source, (list, tuple)) else [source])
+        self.eos_token_ids = frozenset(int(e) for e in eos)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = next(iter(sorted(self.eos_token_ids)), 0)
+        self.pad_token_id = int(pad)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(cls, path: str | Path, *, trust_remote_code: bool = False, dtype: str | None = None,
+                    device: str = "cpu", name: str | None = None) -> "TextModel":
+        """Load a causal LM and tokenizer saved with `save_pretrained` (safetensors only, offline).
+
+        dtype: "float32" | "bfloat16" | "float16" | None (None: float32 on CPU, the saved dtype
+        elsewhere — CPUs are slow or inexact in half precision).
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder; "
+                                 "pass a local folder written by save_pretrained, or zoo:NAME")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model folder {str(folder)!r} has no config.json; "
+                                 "expected a folder written by save_pretrained")
+        if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+            raise ModelLoadError(f"model folder {str(folder)!r} has no safetensors weights "
+                                 f"({' or '.join(_WEIGHT_FILES)}); ponder loads safetensors only")
+        if dtype is None:
+            torch_dtype = torch.float32 if device == "cpu" else "auto"
+        else:
+            allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+            if dtype not in allowed:
+                raise ModelLoadError(f"dtype {dtype!r} is not allowed; use one of {', '.join(allowed)}")
+            torch_dtype = allowed[dtype]
+        try:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True,
+                                                trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                                      trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, config=config, local_files_only=True, trust_remote_code=trust_remote_code,
+                use_safetensors=True, dtype=torch_dtype,
+            ).to(device)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"cannot load a causal LM from {str(folder)!r}: {err}") from err
+        card_file = folder / "card.json"
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        return cls(model, tokenizer, name=name or folder.name, card=card)
+
+    # ---- SequenceModel -------------------------------------------------------------------------
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt text -> token ids (with BOS when the tokenizer adds one)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise InputError(f"prompt must be a non-empty string, got {prompt!r}")
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def new_cache(self, capacity: int = 256):
+        return text_cache_class()(self.num_layers, capacity=capacity)
+
+    def check_length(self, prompt_len: int, max_new_tokens: int) -> None:
+        """InputError when prompt + new tokens would exceed the model's context."""
+        if prompt_len + max_new_tokens > self.context_length:
+            raise InputError(
+                f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+                f"context of {self.context_length} tokens; shorten the prompt or lower max_new_tokens "
+                f"to at most {max(0, self.context_length - prompt_len)}"
+            )
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[Sequence[int]], cache) -> torch.Tensor:
+        """Left-pad `prompt_ids`, run them through the model into an empty `cache`.
+
+        Returns next-token logits [B, V] (float32) for every row.
+        """
+        if cache.length != 0:
+            raise ValueError("prefill needs an empty cache")
+        width = max(len(p) for p in prompt_ids)
+        ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)  # [B, T]
+        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)  # [B, T]
+        for row, p in enumerate(prompt_ids):
+            if len(p):
+                ids[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+                mask[row, width - len(p):] = 1
+        return self._run(ids.to(self.device), cache, mask.to(self.device))[:, -1]
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, cache, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: [B, T] -> logits [B, T, V]; the cache advances by T positions.
+
+        attn_mask: optional [B, T, T] bool, which new tokens each new token may see (a token tree;
+        each token always sees the whole cache). None: causal among the new tokens.
+        """
+        new = torch.ones(tokens.shape, dtype=torch.long, device=self.device)  # [B, T]
+        return self._run(tokens, cache, new, tree_mask=attn_mask)
+
+    def _run(self, ids: torch.Tensor, cache, new_mask: torch.Tensor,
+             tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+        past = cache.attention_mask  # [B, L] or None
+        full = new_mask if past is None else torch.cat([past, new_mask], dim=1)  # [B, L+T]
+        # positions count real tokens only, as HF generate does for left-padded batches
+        positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # [B, T]
+        if tree_mask is not None:
+            # tree depth, not index, gives a draft token's position: depth = ancestors seen - 1
+            depth = tree_mask.long().sum(-1) - 1  # [B, T]
+            positions = positions[:, :1] + depth
+            mask = self._tree_mask_4d(full, tree_mask)
+        elif bool(full.all()):
+            mask = None  # no padding: plain causal attention (SDPA's fast path)
+        else:
+            mask = full
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_kwarg: cache})
+        cache.attention_mask = full
+        return out.logits.float()
+
+    def _tree_mask_4d(self, full: torch.Tensor, tree_mask: torch.Tensor) -> torch.Tensor:
+        """Additive [B, 1, T, L+T] mask: padding of the past, tree structure among the new tokens."""
+        b, t = tree_mask.shape[:2]
+        past_len = full.shape[1] - t
+        allowed = torch.ones((b, t, full.shape[1]), dtype=torch.bool, device=self.device)  # [B, T, L+T]
+        allowed[:, :, :past_len] = full[:, None, :past_len].bool()
+        allowed[:, :, past_len:] = tree_mask.bool()
+        neg = torch.finfo(self.dtype).min
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill(
+            ~allowed, neg)[:, None]

@@ -1,0 +1,521 @@
+"""Recipes that train the text zoo (`ponder zoo train NAME`) on the CPU, from data ponder generates.
+
+* ``arith``        — the target: a `LlamaForCausalLM` (~15 M parameters) trained on the arith task.
+* ``arith-draft``  — a tiny `LlamaForCausalLM` distilled from the target (KL to the target's
+                     next-token distribution on arith text), for speculative decoding.
+* ``orm``          — outcome verifier: a tiny `LlamaForSequenceClassification`, P(answer correct).
+* ``prm``          — process verifier: a tiny `LlamaForTokenClassification` scoring every step line.
+
+Verifier data are the target's own samples on train-split problems (labelled by the exact checker,
+step by step), mixed with synthetic corruptions of reference solutions. Every recipe is seeded, runs
+a fixed number of steps (so a rerun reproduces it), checkpoints as it goes and resumes after a kill,
+and writes safetensors + tokenizer + ``card.json`` into its output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ponder.modalities.text import arith
+
+# ---- model shapes --------------------------------------------------------------------------------
+
+
+@dataclass
+class RecipeConfig:
+    """One recipe's hyper-parameters; written into the card so the run can be reproduced."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    steps: int  # optimiser steps (fixed, not a time budget, so reruns match)
+    batch_size: int  # problems per step
+    lr: float
+    seed: int = 0
+    warmup_frac: float = 0.05  # linear warm-up share of the steps
+    min_lr_frac: float = 0.1  # cosine decays to this share of lr
+    weight_decay: float = 0.1
+    eval_every: int = 250  # steps between held-out evaluations / checkpoints
+    arith: dict = field(default_factory=lambda: asdict(arith.ArithConfig()))
+
+
+RECIPES: dict[str, RecipeConfig] = {
+    # ~14 M parameters: one decode step (~11 ms on 2 cores) is dominated by the weights.
+    "arith": RecipeConfig("arith", 384, 1024, 8, 6, steps=1000, batch_size=64, lr=1.5e-3),
+    # one layer: its decode step costs about a tenth of the target's.
+    "arith-draft": RecipeConfig("arith-draft", 256, 768, 1, 4, steps=600, batch_size=64, lr=2e-3),
+    "orm": RecipeConfig("orm", 128, 384, 2, 4, steps=600, batch_size=64, lr=1e-3),
+    "prm": RecipeConfig("prm", 128, 384, 2, 4, steps=600, batch_size=64, lr=1e-3),
+}
+
+
+def llama_config(cfg: RecipeConfig, tokenizer, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **extra,
+    )
+
+
+# ---- batches -------------------------------------------------------------------------------------
+
+
+def lm_batch(tokenizer, texts: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded (prompt, completion) batch; loss only on the completion and EOS.
+
+    Returns input_ids / attention_mask / labels, each [B, T].
+    """
+    rows, labels = [], []
+    for prompt, completion in texts:
+        p = tokenizer(prompt)["input_ids"]  # BOS + prompt chars
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(lb)] = torch.tensor(lb)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def _lr_at(step: int, cfg: RecipeConfig) -> float:
+    warm = max(1, int(cfg.warmup_frac * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---- a resumable training loop shared by every recipe --------------------------------------------
+
+
+def _train_loop(
+    model,
+    cfg: RecipeConfig,
+    out_dir: Path,
+    loss_fn: Callable[[int], tuple[torch.Tensor, int]],
+    evaluate: Callable[[], dict] | None,
+    log: Callable[[str], None],
+) -> dict:
+    """Run `cfg.steps` AdamW steps of `loss_fn(step) -> (loss, tokens)`, checkpointing into
+    ``out_dir/checkpoint`` every `cfg.eval_every` steps and resuming from it when present."""
+    ckpt = out_dir / "checkpoint"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    if (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, history = state["step"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"[{cfg.name}] resumed at step {start}")
+    model.train()
+    t0, tokens = time.time(), 0
+    for step in range(start, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        loss, n_tok = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += n_tok
+        done = step + 1
+        if done % 25 == 0 or done == cfg.steps:
+            rate = tokens / max(1e-9, time.time() - t0)
+            log(f"[{cfg.name}] step {done}/{cfg.steps} loss {loss.item():.4f} {rate:,.0f} tok/s")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            metrics = {"step": done, "loss": round(loss.item(), 4)}
+            if evaluate is not None:
+                model.eval()
+                metrics.update(evaluate())
+                model.train()
+            history.append(metrics)
+            log(f"[{cfg.name}] eval {json.dumps(metrics)}")
+            tmp = ckpt.with_name("checkpoint.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
+                 "history": history, "torch_rng": torch.get_rng_state()},
+                tmp / "state.pt",
+            )
+            shutil.rmtree(ckpt, ignore_errors=True)
+            tmp.rename(ckpt)
+    model.eval()
+    return {"history": history, "train_seconds_this_run": round(time.time() - t0, 1)}
+
+
+def _save(model, tokenizer, out_dir: Path, card: dict, dtype=torch.bfloat16) -> None:
+    """Write weights (bf16 safetensors), tokenizer and card atomically into `out_dir`."""
+    tmp = out_dir.with_name(out_dir.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    ckpt = out_dir / "checkpoint"
+    if out_dir.exists():
+        for child in out_dir.iterdir():
+            if child != ckpt:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for child in tmp.iterdir():
+        os.replace(child, out_dir / child.name)
+    tmp.rmdir()
+    shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- evaluation helpers ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 64,
+                       batch_size: int = 64) -> list[str]:
+    """Greedy completions with HF `generate` (the recipes' own check; ponder's decoder is tested
+    against exactly this in the test suite)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+@torch.no_grad()
+def sampled_completions(model, tokenizer, prompts: list[str], temperature: float, seed: int,
+                        max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
+    torch.manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                             top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def accuracy(prompts: list[str], completions: list[str]) -> float:
+    return sum(arith.is_correct(p, c) for p, c in zip(prompts, completions)) / max(1, len(prompts))
+
+
+# ---- recipes --------------------------------------------------------------------------------------
+
+
+def train_target(out_dir: Path, cfg: RecipeConfig, log=print, eval_count: int = 128) -> dict:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = arith.build_tokenizer()
+    model = LlamaForCausalLM(llama_config(cfg, tokenizer))
+    acfg = arith.ArithConfig(**cfg.arith)
+    stream = arith.train_stream(cfg.seed, acfg)
+    heldout = [p.prompt for p in arith.problems("heldout", eval_count, seed=cfg.seed, template="Q", cfg=acfg)]
+
+    def loss_fn(step):
+        # the stream is a pure function of (seed, position): skip ahead on resume
+        batch = [next(stream) for _ in range(cfg.batch_size)]
+        b = lm_batch(tokenizer, [(p.prompt, p.solution()) for p in batch])
+        out = model(**b)
+        return out.loss, int(b["attention_mask"].sum())
+
+    def evaluate():
+        return {"heldout_greedy_acc": round(accuracy(heldout, greedy_completions(model, tokenizer, heldout)), 4)}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "checkpoint" / "state.pt").exists():
+        done = torch.load(out_dir / "checkpoint" / "state.pt", weights_only=False)["step"]
+        for _ in range(done * cfg.batch_size):
+            next(stream)
+    result = _train_loop(model, cfg, out_dir, loss_fn, evaluate, log)
+    metrics = target_metrics(model, tokenizer, acfg, cfg.seed)
+    card = {
+        "name": cfg.name,
+        "kind": "LlamaForCausalLM (target)",
+        "parameters": _n_params(model),
+        "data": "ponder.modalities.text.arith train split (generated; held-out expressions excluded by hash)",
+        "recipe": asdict(cfg),
+        "metrics": metrics,
+        "history": result["history"],
+        "reproduce": f"ponder zoo train {cfg.name}",
+    }
+    _save(model, tokenizer, out_dir, card)
+    return card
+
+
+def target_metrics(model, tokenizer, acfg, seed: int, count: int = 500) -> dict:
+    heldout = [p.prompt for p in arith.problems("heldout", count, seed=seed + 1, template="Q", cfg=acfg)]
+    rewrite = [p.prompt for p in arith.problems("heldout", count // 2, seed=seed + 1, template="R", cfg=acfg)]
+    return {
+        "eval_problems": count,
+        "heldout_greedy_acc": round(accuracy(heldout, greedy_completions(model, tokenizer, heldout)), 4),
+        "heldout_sample_acc_t1.0": round(
+            accuracy(heldout, sampled_completions(model, tokenizer, heldout, 1.0, seed)), 4),
+        "heldout_sample_acc_t0.7": round(
+            accuracy(heldout, sampled_completions(model, tokenizer, heldout, 0.7, seed)), 4),
+        "heldout_rewrite_greedy_acc": round(
+            accuracy(rewrite, greedy_completions(model, tokenizer, rewrite)), 4),
+    }
+
+
+def _load_target(target_dir: Path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    if not (target_dir / "config.json").is_file():
+        raise FileNotFoundError(f"the target {target_dir} is not trained yet: run `ponder zoo train arith` first")
+    tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
+    model = LlamaForCausalLM.from_pretrained(target_dir, local_files_only=True, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def train_draft(out_dir: Path, cfg: RecipeConfig, target_dir: Path, log=print, eval_count: int = 200) -> dict:
+    """Distil a one-layer draft from the target: KL(p_target || p_draft) on arith text + data CE."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    target, tokenizer = _load_target(target_dir)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    model = LlamaForCausalLM(llama_config(cfg, tokenizer))
+    acfg = arith.ArithConfig(**cfg.arith)
+    stream = arith.train_stream(cfg.seed + 7, acfg)
+
+    def loss_fn(step):
+        batch = [next(stream) for _ in range(cfg.batch_size)]
+        b = lm_batch(tokenizer, [(p.prompt, p.solution()) for p in batch])
+        with torch.no_grad():
+            teacher = target(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # [B, T, V]
+        out = model(**b)
+        keep = b["labels"][:, 1:] != -100  # [B, T-1] positions that predict a completion token
+        student_logp = F.log_softmax(out.logits[:, :-1][keep], -1)  # [N, V]
+        teacher_logp = F.log_softmax(teacher[:, :-1][keep], -1)  # [N, V]
+        kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
+        return kl + 0.5 * out.loss, int(keep.sum())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "checkpoint" / "state.pt").exists():
+        done = torch.load(out_dir / "checkpoint" / "state.pt", weights_only=False)["step"]
+        for _ in range(done * cfg.batch_size):
+            next(stream)
+    result = _train_loop(model, cfg, out_dir, loss_fn, None, log)
+    metrics = {"greedy_agreement_with_target": round(draft_agreement(model, target, tokenizer, acfg, cfg.seed,
+                                                                     eval_count), 4)}
+    prompts = [p.prompt for p in arith.problems("heldout", eval_count, seed=cfg.seed + 1, template="Q", cfg=acfg)]
+    metrics["heldout_greedy_acc"] = round(accuracy(prompts, greedy_completions(model, tokenizer, prompts)), 4)
+    card = {
+        "name": cfg.name,
+        "kind": "LlamaForCausalLM (draft, distilled from arith)",
+        "parameters": _n_params(model),
+        "target": "arith",
+        "data": "arith train split; teacher = the arith target's next-token distribution",
+        "recipe": asdict(cfg),
+        "metrics": metrics,
+        "history": result["history"],
+        "reproduce": f"ponder zoo train {cfg.name}",
+    }
+    _save(model, tokenizer, out_dir, card)
+    return card
+
+
+@torch.no_grad()
+def draft_agreement(draft, target, tokenizer, acfg, seed: int, count: int) -> float:
+    """Share of positions along the target's greedy completions where the draft's argmax agrees."""
+    prompts = [p.prompt for p in arith.problems("heldout", count, seed=seed + 2, template=None, cfg=acfg)]
+    completions = greedy_completions(target, tokenizer, prompts)
+    b = lm_batch(tokenizer, list(zip(prompts, completions)))
+    keep = b["labels"][:, 1:] != -100
+    t = target(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].argmax(-1)
+    d = draft(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].argmax(-1)
+    return float((t == d)[keep].float().mean())
+
+
+# ---- verifiers -----------------------------------------------------------------------------------
+
+
+def corrupt(problem: arith.Problem, rng: random.Random) -> str:
+    """A plausible wrong solution: one step's result is off, later steps follow from it."""
+    ref = problem.solution().strip("\n").split("\n")
+    steps = problem.steps()
+    i = rng.randrange(len(steps))
+    nums, ops = list(problem.numbers), list(problem.ops)
+    lines = []
+    for j in range(len(steps)):
+        k = ops.index("*") if "*" in ops else 0
+        a, b, op = nums[k], nums[k + 1], ops[k]
+        c = {"+": a + b, "-": a - b, "*": a * b}[op]
+        if j == i:
+            kind = rng.random()
+            if kind < 0.5:
+                c += rng.choice([-1, 1]) * rng.choice([1, 1, 2, 10, 10, 100])
+            elif kind < 0.8 and abs(c) >= 10:
+                digits = list(str(abs(c)))
+                d = rng.randrange(len(digits))
+                digits[d] = str((int(digits[d]) + rng.randint(1, 9)) % 10)
+                c = int("".join(digits)) * (1 if c >= 0 else -1)
+            else:
+                c = -c if c != 0 else 1
+        nums[k : k + 2] = [c]
+        del ops[k]
+        if problem.template == "Q":
+            lines.append(f"{a}{op}{b}={c}")
+        else:
+            lines.append("=" + arith.Problem(tuple(nums), tuple(ops)).expression)
+    lines.append(f"A: {nums[0]}")
+    text = "\n".join(lines) + "\n"
+    return text if text.strip("\n").split("\n") != ref else corrupt(problem, rng)
+
+
+def verifier_examples(target_dir: Path | None, count: int, seed: int, acfg) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs: half the target's own T=1 samples (when a target is given),
+    the rest reference solutions and synthetic corruptions in equal parts."""
+    rng = random.Random(f"verifier-data-{seed}")
+    probs = arith.problems("train", count, seed=seed + 11, template=None, cfg=acfg)
+    examples: list[tuple[str, str]] = []
+    n_target = count // 2 if target_dir is not None else 0
+    if n_target:
+        target, tokenizer = _load_target(target_dir)
+        prompts = [p.prompt for p in probs[:n_target]]
+        examples += list(zip(prompts, sampled_completions(target, tokenizer, prompts, 1.0, seed)))
+    for p in probs[n_target:]:
+        examples.append((p.prompt, p.solution() if rng.random() < 0.5 else corrupt(p, rng)))
+    rng.shuffle(examples)
+    return examples
+
+
+def step_end_positions(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt+completion and, per completion line, the index of its newline token."""
+    p = tokenizer(prompt)["input_ids"]
+    ids, ends = list(p), []
+    for line in completion.split("\n")[:-1] if completion.endswith("\n") else completion.split("\n"):
+        ids += tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def _verifier_batch(tokenizer, examples, process: bool):
+    rows, targets = [], []
+    for prompt, completion in examples:
+        ids, ends = step_end_positions(tokenizer, prompt, completion)
+        rows.append(ids)
+        if process:
+            labels = arith.step_labels(prompt, completion)
+            targets.append([(e, float(lb)) for e, lb in zip(ends, labels)])
+        else:
+            targets.append(float(arith.is_correct(prompt, completion)))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask, targets
+
+
+def train_verifier(out_dir: Path, cfg: RecipeConfig, target_dir: Path | None, process: bool, log=print,
+                   data_count: int = 8000, eval_count: int = 600) -> dict:
+    """ORM (process=False): `LlamaForSequenceClassification`, one logit = P(answer correct).
+    PRM (process=True): `LlamaForTokenClassification`, one logit per token, read at each step's
+    newline = P(this step and all before it are correct)."""
+    from transformers import LlamaForSequenceClassification, LlamaForTokenClassification
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = arith.build_tokenizer()
+    cls = LlamaForTokenClassification if process else LlamaForSequenceClassification
+    model = cls(llama_config(cfg, tokenizer, num_labels=1))
+    acfg = arith.ArithConfig(**cfg.arith)
+    data = verifier_examples(target_dir, data_count, cfg.seed, acfg)
+    heldout_probs = arith.problems("heldout", eval_count, seed=cfg.seed + 5, template=None, cfg=acfg)
+    ev_rng = random.Random(cfg.seed + 99)
+    heldout = [(p.prompt, p.solution() if ev_rng.random() < 0.5 else corrupt(p, ev_rng)) for p in heldout_probs]
+
+    def logits_and_targets(examples):
+        ids, mask, targets = _verifier_batch(tokenizer, examples, process)
+        logits = model(input_ids=ids, attention_mask=mask).logits[..., 0]  # [B] or [B, T]
+        if not process:
+            return logits, torch.tensor(targets)
+        rows = [(i, e) for i, t in enumerate(targets) for e, _ in t]
+        sel = logits[[r for r, _ in rows], [e for _, e in rows]]  # [steps]
+        return sel, torch.tensor([lb for t in targets for _, lb in t])
+
+    def loss_fn(step):
+        start = (step * cfg.batch_size) % len(data)
+        examples = (data + data)[start : start + cfg.batch_size]
+        logits, y = logits_and_targets(examples)
+        return F.binary_cross_entropy_with_logits(logits, y), len(examples)
+
+    @torch.no_grad()
+    def evaluate():
+        logits, y = logits_and_targets(heldout)
+        return {"heldout_accuracy": round(float(((logits > 0).float() == y).float().mean()), 4)}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = _train_loop(model, cfg, out_dir, loss_fn, evaluate, log)
+    metrics = evaluate()
+    metrics["heldout_examples"] = eval_count
+    metrics["heldout_unit"] = "steps" if process else "solutions"
+    card = {
+        "name": cfg.name,
+        "kind": f"{cls.__name__} ({'process' if process else 'outcome'} verifier)",
+        "parameters": _n_params(model),
+        "data": ("arith train problems: the arith target's T=1 samples labelled by the exact checker, "
+                 "plus reference solutions and synthetic one-step corruptions"),
+        "heldout": "held-out problems, half reference solutions, half synthetic corruptions",
+        "recipe": asdict(cfg),
+        "metrics": metrics,
+        "history": result["history"],
+        "reproduce": f"ponder zoo train {cfg.name}",
+    }
+    _save(model, tokenizer, out_dir, card)
+    return card
+
+
+def train(name: str, zoo_dir: Path, log=print, steps: int | None = None) -> dict:
+    """Train zoo model `name` into ``zoo_dir/name`` (steps overrides the recipe, for smoke runs)."""
+    if name not in RECIPES:
+        raise KeyError(name)
+    cfg = RECIPES[name]
+    if steps is not None:
+        cfg = RecipeConfig(**{**asdict(cfg), "steps": steps, "eval_every": max(1, steps)})
+    out = zoo_dir / name
+    if name == "arith":
+        return train_target(out, cfg, log)
+    target = zoo_dir / "arith"
+    if name == "arith-draft":
+        return train_draft(out, cfg, target, log)
+    return train_verifier(out, cfg, target if (target / "config.json").is_file() else None,
+                          process=(name == "prm"), log=log)

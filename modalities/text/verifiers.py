@@ -1,0 +1,131 @@
+"""Verifiers for text: the exact arith checker and learned outcome / process verifiers.
+
+Every verifier has `score(prompt, outputs) -> Tensor[N]` (higher is better); the process verifier
+also has `score_steps(prompt, partials) -> Tensor[N]` and `step_scores(prompt, output)`, reading
+one score at the end of every line (a step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ponder.errors import ConfigError, ModelLoadError
+from ponder.modalities.text import arith
+
+AGGREGATIONS = ("min", "last", "prod", "mean")
+
+
+class ExactArithVerifier:
+    """1.0 when the completion's ``A:`` line states the prompt's true answer, else 0.0 (no model)."""
+
+    name = "exact"
+
+    def score(self, prompt: str, outputs: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([float(arith.is_correct(prompt, o)) for o in outputs])  # [N]
+
+
+def _load(path: str | Path, auto_class: str):
+    import transformers
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"verifier folder {str(folder)!r} has no config.json")
+    try:
+        model = getattr(transformers, auto_class).from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load a verifier from {str(folder)!r}: {err}") from err
+    return model, tokenizer
+
+
+def _batch(tokenizer, prompt: str, outputs: Sequence[str]):
+    """Right-padded ids [N, T] and mask [N, T] of prompt + output, plus each line's newline index."""
+    rows, ends = [], []
+    base = list(tokenizer(prompt)["input_ids"])
+    for out in outputs:
+        ids, row_ends = list(base), []
+        for line in out.split("\n"):
+            piece = tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+            if not line.strip():
+                continue
+            ids += piece
+            row_ends.append(len(ids) - 1)
+        rows.append(ids)
+        ends.append(row_ends)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask, ends
+
+
+class OutcomeVerifier:
+    """A learned outcome verifier (ORM): sigmoid of a sequence-classification logit."""
+
+    name = "orm"
+
+    def __init__(self, model, tokenizer, name: str = "orm"):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+
+    @classmethod
+    def from_folder(cls, path: str | Path, name: str = "orm") -> "OutcomeVerifier":
+        return cls(*_load(path, "AutoModelForSequenceClassification"), name=name)
+
+    @torch.inference_mode()
+    def score(self, prompt: str, outputs: Sequence[str]) -> torch.Tensor:
+        if not outputs:
+            return torch.zeros(0)
+        ids, mask, _ = _batch(self.tokenizer, prompt, outputs)
+        return torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float())  # [N]
+
+
+class ProcessVerifier:
+    """A learned process verifier (PRM): one score per step (line), aggregated per output.
+
+    aggregate: "min" (weakest step, the usual choice), "last", "prod" or "mean".
+    """
+
+    name = "prm"
+
+    def __init__(self, model, tokenizer, name: str = "prm", aggregate: str = "min"):
+        if aggregate not in AGGREGATIONS:
+            raise ConfigError(f"aggregate {aggregate!r} is not allowed; use one of {', '.join(AGGREGATIONS)}")
+        self.model, self.tokenizer, self.name, self.aggregate = model, tokenizer, name, aggregate
+
+    @classmethod
+    def from_folder(cls, path: str | Path, name: str = "prm", aggregate: str = "min") -> "ProcessVerifier":
+        return cls(*_load(path, "AutoModelForTokenClassification"), name=name, aggregate=aggregate)
+
+    @torch.inference_mode()
+    def step_scores_batch(self, prompt: str, outputs: Sequence[str]) -> list[list[float]]:
+        """Per output, the score of every non-empty line (step) it contains."""
+        if not outputs:
+            return []
+        ids, mask, ends = _batch(self.tokenizer, prompt, outputs)
+        probs = torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float())  # [N, T]
+        return [probs[i, e].tolist() for i, e in enumerate(ends)]
+
+    def step_scores(self, prompt: str, output: str) -> list[float]:
+        return self.step_scores_batch(prompt, [output])[0]
+
+    def _reduce(self, scores: list[float]) -> float:
+        if not scores:
+            return 0.5  # no step yet: no evidence either way
+        t = torch.tensor(scores)
+        return float({"min": t.min(), "last": t[-1], "prod": t.prod(), "mean": t.mean()}[self.aggregate])
+
+    def score(self, prompt: str, outputs: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([self._reduce(s) for s in self.step_scores_batch(prompt, outputs)])  # [N]
+
+    def score_steps(self, prompt: str, partials: Sequence[str]) -> torch.Tensor:
+        """Scores of unfinished outputs: only completed lines (ending in a newline) count."""
+        complete = [p[: p.rfind("\n") + 1] for p in partials]
+        return self.score(prompt, complete)

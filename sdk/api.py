@@ -1,0 +1,175 @@
+"""The Python surface: `load` a model, `generate` with any strategy / verifier / decoder.
+
+Mirrors the CLI one to one (`ponder generate MODALITY --model SPEC ...`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ponder.errors import ConfigError, ModelLoadError
+from ponder import zoo
+
+MODALITIES = ("text",)
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise ConfigError(f"unknown modality {modality!r}; available: {', '.join(MODALITIES)}")
+
+
+def load(modality: str, spec: str | Path, **options):
+    """Load a model of `modality` from ``zoo:NAME`` or a local folder.
+
+    Args:
+        modality: "text".
+        spec: ``zoo:NAME`` (see `ponder zoo list`) or a folder written by `save_pretrained`.
+        options: passed to the modality's loader (e.g. ``trust_remote_code=True``, ``dtype=``,
+            ``device=``).
+    Returns:
+        A model object implementing the modality's protocol (`TextModel` for text).
+    """
+    _check_modality(modality)
+    spec = str(spec)
+    name = None
+    if spec.startswith("zoo:"):
+        entry = zoo.entry(spec)
+        if entry.modality != modality or entry.kind not in ("model", "draft"):
+            raise ModelLoadError(f"zoo:{entry.name} is a {entry.modality} {entry.kind}, not a {modality} model")
+        folder, name = zoo.folder(spec), spec
+    else:
+        folder = Path(spec)
+    from ponder.modalities.text import load as load_text
+
+    return load_text(folder, name=name or str(spec), **options)
+
+
+def load_verifier(modality: str, spec: str | Path, **options):
+    """A verifier by name (``exact``, ``orm``, ``prm``, with or without ``zoo:``) or local folder.
+
+    A folder holding a sequence-classification model loads as an outcome verifier; a
+    token-classification model as a process verifier.
+    """
+    _check_modality(modality)
+    from ponder.modalities.text import verifiers
+
+    key = str(spec).removeprefix("zoo:")
+    if key == "exact":
+        return verifiers.ExactArithVerifier()
+    if key in ("orm", "prm") and not Path(str(spec)).is_dir():
+        folder = zoo.folder(key)
+        cls = verifiers.OutcomeVerifier if key == "orm" else verifiers.ProcessVerifier
+        return cls.from_folder(folder, name=key, **options)
+    folder = Path(str(spec))
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"unknown verifier {str(spec)!r}; use exact, orm, prm, or a local verifier folder")
+    import json
+
+    archs = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+    if archs[0].endswith("ForTokenClassification"):
+        return verifiers.ProcessVerifier.from_folder(folder, name=folder.name, **options)
+    if archs[0].endswith("ForSequenceClassification"):
+        return verifiers.OutcomeVerifier.from_folder(folder, name=folder.name, **options)
+    raise ConfigError(f"verifier folder {str(folder)!r} holds a {archs[0] or 'model of unknown class'}; "
+                      "expected a *ForSequenceClassification (outcome) or *ForTokenClassification (process)")
+
+
+def text_stop(model, stop: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
+    """A decoder stop test that fires once a row's text contains any of `stop`."""
+    stop = [s for s in stop if s]
+    if not stop:
+        return None
+    longest = max(len(s) for s in stop)
+
+    def check(row: int, tokens: list[int]) -> bool:
+        # a stop string spans at most `longest` tokens of at least one character each
+        tail = model.decode(tokens[-(longest + 4):])
+        return any(s in tail for s in stop)
+
+    return check
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    ends = [text.find(s) + len(s) for s in stop if s and s in text]
+    return text[: min(ends)] if ends else text
+
+
+def generate(
+    model,
+    prompt: Any,
+    *,
+    strategy: str = "sample",
+    n: int = 1,
+    verifier: str | Any | None = None,
+    decoder: str = "plain",
+    draft: str | Any | None = None,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    max_new_tokens: int = 64,
+    stop: Sequence[str] | str | None = None,
+    stream: Callable[[int, str], None] | None = None,
+    **options,
+):
+    """Generate from `model` with a scaling strategy and a decoder.
+
+    Args:
+        model: what `ponder.load` returned.
+        prompt: the prompt (text for text models).
+        strategy: scaling strategy name (see `ponder.search.scaling.STRATEGIES`).
+        n: number of candidates.
+        verifier: verifier name / folder / object scoring the candidates (optional for `sample`).
+        decoder: decoder name (see `ponder.search.decoding.DECODERS`).
+        draft: draft model spec or object, for decoders that use one.
+        seed: base seed; candidate i draws from its own generator seeded from (seed, i).
+        temperature, top_k, top_p, min_p: sampling; temperature 0 is greedy.
+        max_new_tokens: most new tokens per candidate.
+        stop: stop string(s); the output is cut right after the first one.
+        stream: callback(candidate_index, text_delta) as tokens arrive.
+        options: strategy-specific options.
+    Returns:
+        `ponder.search.core.Result`.
+    """
+    from ponder.kernels.sampling import SamplingParams
+    from ponder.search.scaling import get_strategy
+
+    modality = getattr(model, "modality", None)
+    if modality not in MODALITIES:
+        raise ConfigError(f"generate needs a model from ponder.load(...), got {type(model).__name__}")
+    strategy_fn = get_strategy(strategy)
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    try:
+        sampling.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if isinstance(verifier, (str, Path)):
+        verifier = load_verifier(modality, verifier)
+    if isinstance(draft, (str, Path)):
+        draft = load(modality, draft)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    token_stream = None
+    if stream is not None:
+        seen: dict[int, list[int]] = {}
+        shown: dict[int, str] = {}
+
+        def token_stream(row: int, token: int) -> None:
+            ids = seen.setdefault(row, [])
+            ids.append(token)
+            text = model.decode(ids)
+            if text.startswith(shown.get(row, "")) and len(text) > len(shown.get(row, "")):
+                stream(row, text[len(shown.get(row, "")):])
+                shown[row] = text
+
+    result = strategy_fn(model, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
+                         sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
+                         stream=token_stream, **options)
+    if stops:
+        for c in result.candidates:
+            if isinstance(c.output, str):
+                c.output = _cut_at_stop(c.output, stops)
+        result.config["stop"] = stops
+    result.config["modality"] = modality
+    return result

@@ -1,0 +1,214 @@
+"""The `ponder` command line: generate, zoo, bench (demo and render arrive with their issues).
+
+Bad input prints one line on stderr and exits 2 (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ponder.errors import ConfigError, PonderError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="Inference-time search and fast decoding.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate with a strategy, a verifier and a decoder")
+    gen.add_argument("modality", help="text")
+    gen.add_argument("--model", required=True, help="zoo:NAME or a local model folder")
+    gen.add_argument("--prompt", required=True, help="the prompt (use $'...' for newlines in bash)")
+    gen.add_argument("--strategy", default="sample", help="scaling strategy (default: sample)")
+    gen.add_argument("--n", type=int, default=1, help="number of candidates (default: 1)")
+    gen.add_argument("--verifier", default=None, help="exact | orm | prm | a local verifier folder")
+    gen.add_argument("--decoder", default="plain", help="decoder (default: plain)")
+    gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = off")
+    gen.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]; 0 = off")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    gen.add_argument("--trust-remote-code", action="store_true", help="allow custom model code in the folder")
+    gen.add_argument("--out", type=Path, default=None, help="write result.json and candidate files here")
+    gen.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    zoo = sub.add_parser("zoo", help="the zoo of tiny models ponder trains itself")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zl = zsub.add_parser("list", help="list zoo models and whether their weights are built")
+    zl.add_argument("--json", action="store_true")
+    zt = zsub.add_parser("train", help="run a zoo recipe (writes the shipped weights)")
+    zt.add_argument("name")
+    zt.add_argument("--steps", type=_positive_int, default=None, help="override the recipe's steps (smoke runs)")
+    zt.add_argument("--out", type=Path, default=None, help="zoo folder to write into (default: the shipped one)")
+    zs = zsub.add_parser("sample", help="print problems of a zoo task with their answers")
+    zs.add_argument("name", help="arith")
+    zs.add_argument("--split", default="heldout", help="train | heldout")
+    zs.add_argument("--count", type=_positive_int, default=5)
+    zs.add_argument("--seed", type=int, default=0)
+    zs.add_argument("--template", default="Q", help="Q (steps) | R (rewrite, copy-heavy)")
+    zs.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="benchmarks: ratios against a baseline measured in the same run")
+    bench.add_argument("names", nargs="*", help="benchmarks to run (default: all); see --list")
+    bench.add_argument("--list", action="store_true", help="list benchmarks")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run; figures are noisier)")
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--plot", type=Path, default=None, help="write the PNGs the bench draws here")
+    return parser
+
+
+def _write_atomic(path: Path, data: str) -> None:
+    """Temp file in the same folder, fsync, rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading progress bars or advisory warnings on the CLI's stderr."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cmd_generate(args) -> int:
+    import ponder
+
+    if args.n <= 0:
+        raise ConfigError(f"--n must be a positive integer, got {args.n}")
+    if args.max_new_tokens <= 0:
+        raise ConfigError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    from ponder.kernels.sampling import SamplingParams
+
+    try:  # bad sampling options fail before any model loads
+        SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p).validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _quiet_transformers()
+    model = ponder.load(args.modality, args.model, trust_remote_code=args.trust_remote_code)
+    result = ponder.generate(
+        model, args.prompt, strategy=args.strategy, n=args.n, verifier=args.verifier, decoder=args.decoder,
+        draft=args.draft, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop,
+    )
+    payload = result.to_dict()
+    if args.out is not None:
+        files = []
+        for i, cand in enumerate(result.candidates):
+            name = f"candidate_{i:03d}.txt"
+            _write_atomic(args.out / name, str(cand.output))
+            files.append(name)
+        payload["files"] = files
+        _write_atomic(args.out / "result.json", json.dumps(payload, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        best = result.best
+        print(best.output if best is not None else "(abstained)")
+        c = result.compute
+        scores = ", ".join("-" if x.score is None else f"{x.score:.3f}" for x in result.candidates)
+        print(f"# {len(result.candidates)} candidate(s); scores [{scores}]; model calls {c.model_calls}, "
+              f"tokens {c.tokens}, {c.seconds:.2f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from ponder import zoo
+
+    if args.zoo_command == "list":
+        rows = [{"name": e.name, "modality": e.modality, "kind": e.kind, "built": e.built or e.name == "exact",
+                 "summary": e.summary, "metrics": e.card().get("metrics", {})} for e in zoo.ZOO.values()]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                state = "ready" if r["built"] else "not built"
+                print(f"zoo:{r['name']:<12} {r['modality']:<6} {r['kind']:<9} {state:<9} {r['summary']}")
+        return 0
+    if args.zoo_command == "train":
+        zoo.entry(args.name)  # unknown names fail before any work
+        card = zoo.train(args.name, log=lambda line: print(line, file=sys.stderr, flush=True), steps=args.steps,
+                         out_dir=args.out)
+        print(json.dumps({"name": card["name"], "metrics": card["metrics"]}))
+        return 0
+    # sample
+    from ponder.modalities.text import arith
+
+    if args.name.removeprefix("zoo:") != "arith":
+        raise ConfigError(f"zoo sample knows the task 'arith', got {args.name!r}")
+    if args.split not in arith.SPLITS:
+        raise ConfigError(f"--split {args.split!r} is not allowed; use one of {', '.join(arith.SPLITS)}")
+    if args.template not in arith.TEMPLATES:
+        raise ConfigError(f"--template {args.template!r} is not allowed; use one of {', '.join(arith.TEMPLATES)}")
+    probs = arith.problems(args.split, args.count, seed=args.seed, template=args.template)
+    rows = [{"prompt": p.prompt, "answer": p.answer, "solution": p.solution(), "split": p.split} for p in probs]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(r["prompt"] + r["solution"])
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ponder import bench
+
+    if args.list:
+        for name, spec in bench.BENCHES.items():
+            print(f"{name:<16} {spec.summary}")
+        return 0
+    names = args.names or list(bench.BENCHES)
+    reports = [bench.run(name, quick=args.quick, plot_dir=args.plot) for name in names]
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports))
+    else:
+        for rep in reports:
+            print(bench.format_report(rep))
+    return 0 if all(g["met"] for rep in reports for g in rep["goals"]) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"generate": cmd_generate, "zoo": cmd_zoo, "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except PonderError as err:
+        if args.debug:
+            raise
+        print(f"ponder: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("ponder: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ponder.search — the core: contracts, scaling strategies, decoders. Knows no modality."""

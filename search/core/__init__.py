@@ -1,0 +1,208 @@
+"""The contracts every strategy, decoder and modality shares.
+
+Results: `Compute` (what producing a result cost), `Candidate` (one output with its score and seed),
+`Result` (best + all candidates + compute + a JSON-serialisable config that reproduces the run), and
+`Decoded` (what a decoder returns: new token ids per row).
+
+Protocols: `SequenceModel` (text, AR image tokens, codec-LM speech) and `Verifier` — what search needs
+from a modality and nothing more. The core never knows which modality it drives.
+
+Seeding: candidate ``i`` of a run with base seed ``s`` draws from its own generator seeded from
+``(s, i)`` (`candidate_generators`), so an output never depends on the batch size or on which other
+candidates ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from ponder.kernels.sampling import generator_seed, make_generators
+
+__all__ = [
+    "Compute",
+    "Candidate",
+    "Result",
+    "Decoded",
+    "SequenceModel",
+    "SequenceCache",
+    "Verifier",
+    "ProcessVerifier",
+    "candidate_generators",
+    "candidate_seed",
+    "to_jsonable",
+]
+
+
+@dataclass
+class Compute:
+    """What producing a result cost; nested calls add theirs with ``+=``."""
+
+    model_calls: int = 0  # forward passes of the main model (a verify pass of k tokens counts 1)
+    draft_calls: int = 0  # forward passes of any draft / auxiliary model
+    tokens: int = 0  # tokens emitted (accepted)
+    nfe: int = 0  # denoiser evaluations (diffusion)
+    verifier_calls: int = 0  # items scored by verifiers
+    seconds: float = 0.0  # wall time
+
+    def __iadd__(self, other: "Compute") -> "Compute":
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def __add__(self, other: "Compute") -> "Compute":
+        out = dataclasses.replace(self)
+        out += other
+        return out
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["seconds"] = round(d["seconds"], 6)
+        return d
+
+    @contextmanager
+    def timed(self) -> Iterator["Compute"]:
+        """Add the wall time of the ``with`` body to `seconds`."""
+        start = time.perf_counter()
+        try:
+            yield self
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+@dataclass
+class Candidate:
+    """One output of a run."""
+
+    output: Any  # str | PIL.Image.Image | Audio(waveform, sample_rate) | token ids
+    score: float | None  # the verifier's score; None when no verifier scored it
+    seed: int  # re-renders exactly this candidate with the recorded config
+    meta: dict = field(default_factory=dict)  # index, token ids, stop reason, ...
+
+    def to_dict(self) -> dict:
+        return {"output": to_jsonable(self.output), "score": self.score, "seed": self.seed,
+                "meta": to_jsonable(self.meta)}
+
+
+@dataclass
+class Result:
+    """What every strategy and decoder returns, so every surface shows the same things."""
+
+    best: Candidate | None  # None when the strategy abstains
+    candidates: list[Candidate]
+    compute: Compute
+    config: dict  # everything needed to reproduce the run (JSON-serialisable)
+
+    def to_dict(self) -> dict:
+        """The ``--json`` shape: best, candidates, compute, config."""
+        return {
+            "best": self.best.to_dict() if self.best is not None else None,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "compute": self.compute.to_dict(),
+            "config": to_jsonable(self.config),
+        }
+
+
+@dataclass
+class Decoded:
+    """What a decoder returns for a batch of prompts."""
+
+    tokens: list[list[int]]  # new token ids per row, EOS and anything after a stop excluded
+    stop_reasons: list[str]  # per row: "eos" | "stop" | "length"
+    logprobs: list[list[float]]  # per row: log p(token) under the model's untempered distribution
+    compute: Compute
+
+
+def to_jsonable(value: Any) -> Any:
+    """Best-effort conversion of results and configs to plain JSON types."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if hasattr(value, "to_dict"):
+        return to_jsonable(value.to_dict())
+    return repr(value)
+
+
+# ---- seeding ------------------------------------------------------------------------------------
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """The seed of candidate `index` in a run with base seed `seed`."""
+    return generator_seed(seed, index)
+
+
+def candidate_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per candidate, seeded from (seed, index): batch-size independent."""
+    return make_generators(seed, indices)
+
+
+# ---- protocols ----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class SequenceCache(Protocol):
+    """A model's KV cache for one batch; rollback by `truncate`."""
+
+    @property
+    def length(self) -> int: ...  # positions stored (shared across rows, padding included)
+
+    def truncate(self, length: int) -> None: ...  # keep positions [0, length)
+
+    def reorder(self, index: torch.Tensor) -> None: ...  # select / duplicate rows, index: [B']
+
+
+@runtime_checkable
+class SequenceModel(Protocol):
+    """What search needs from an autoregressive model (text, AR image tokens, codec-LM speech)."""
+
+    eos_token_ids: frozenset[int]  # ids that end a sequence
+    context_length: int  # most positions the model can attend to
+
+    def encode(self, prompt: Any) -> list[int]: ...  # prompt -> token ids (BOS included if any)
+
+    def decode(self, ids: Sequence[int]) -> Any: ...  # new token ids -> output (str, image, audio)
+
+    def new_cache(self) -> SequenceCache: ...
+
+    def prefill(self, prompt_ids: Sequence[Sequence[int]], cache: SequenceCache) -> torch.Tensor:
+        """Left-pad and run the prompts; fill `cache`; return next-token logits [B, V]."""
+        ...
+
+    def forward(self, tokens: torch.Tensor, cache: SequenceCache,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: [B, T] -> logits [B, T, V]; advances `cache` by T positions.
+
+        attn_mask: optional [B, T, T] boolean mask among the new tokens (a token tree); None means
+        causal."""
+        ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores finished outputs; higher is better."""
+
+    name: str
+
+    def score(self, prompt: Any, outputs: Sequence[Any]) -> torch.Tensor: ...  # -> [N]
+
+
+@runtime_checkable
+class ProcessVerifier(Verifier, Protocol):
+    """Also scores unfinished outputs (partial solutions), step by step."""
+
+    def score_steps(self, prompt: Any, partials: Sequence[Any]) -> torch.Tensor: ...  # -> [N]
+
+
+StreamCallback = Callable[[int, int], None]  # (row, token id) for every emitted token

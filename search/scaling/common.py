@@ -1,0 +1,98 @@
+"""Pieces every scaling strategy over a `SequenceModel` shares: seeded batched decoding of
+candidates, and verifier scoring with its cost counted."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ponder.errors import ConfigError
+from ponder.kernels.sampling import SamplingParams
+from ponder.search.core import Candidate, Compute, Verifier, candidate_generators, candidate_seed
+
+
+def check_n(n: int) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ConfigError(f"n must be a positive integer (number of candidates), got {n!r}")
+
+
+def decode_candidates(
+    model,
+    prompt: Any,
+    *,
+    n: int,
+    seed: int,
+    compute: Compute,
+    indices: Sequence[int] | None = None,
+    decoder: str | Callable = "plain",
+    draft=None,
+    sampling: SamplingParams | None = None,
+    max_new_tokens: int = 64,
+    stop: Callable | None = None,
+    stream: Callable | None = None,
+    **decoder_options,
+) -> tuple[list[Candidate], dict]:
+    """Decode candidates `indices` (default 0..n-1) of `prompt` as one batch.
+
+    Every candidate's prompt prefill is identical; candidate i uses generator (seed, i), so its
+    output is the same whatever else is in the batch. Returns the candidates and the config dict
+    that reproduces them.
+    """
+    from ponder.search.decoding import get_decoder
+
+    check_n(n)
+    sampling = sampling or SamplingParams()
+    try:
+        sampling.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    decode_fn = get_decoder(decoder) if isinstance(decoder, str) else decoder
+    indices = list(range(n)) if indices is None else list(indices)
+    prompt_ids = model.encode(prompt)
+    if hasattr(model, "check_length"):
+        model.check_length(len(prompt_ids), max_new_tokens)
+    generators = candidate_generators(seed, indices)
+    decoded = decode_fn(model, [prompt_ids] * len(indices), sampling=sampling, max_new_tokens=max_new_tokens,
+                        generators=generators, stop=stop, stream=stream, draft=draft, **decoder_options)
+    compute += decoded.compute
+    candidates = []
+    for row, index in enumerate(indices):
+        candidates.append(Candidate(
+            output=model.decode(decoded.tokens[row]),
+            score=None,
+            seed=candidate_seed(seed, index),
+            meta={
+                "index": index,
+                "token_ids": decoded.tokens[row],
+                "stop_reason": decoded.stop_reasons[row],
+                "logprob": float(sum(decoded.logprobs[row])),
+                "num_tokens": len(decoded.tokens[row]),
+            },
+        ))
+    config = {
+        "model": getattr(model, "name", type(model).__name__),
+        "prompt": prompt,
+        "n": n,
+        "seed": seed,
+        "decoder": decoder if isinstance(decoder, str) else getattr(decoder, "__name__", "custom"),
+        "draft": getattr(draft, "name", None),
+        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                     "min_p": sampling.min_p},
+        "max_new_tokens": max_new_tokens,
+    }
+    return candidates, config
+
+
+def score_candidates(verifier: Verifier | None, prompt: Any, candidates: list[Candidate],
+                     compute: Compute) -> torch.Tensor | None:
+    """Score every candidate with `verifier` (in place), counting the verifier calls."""
+    if verifier is None or not candidates:
+        return None
+    scores = verifier.score(prompt, [c.output for c in candidates])  # [N]
+    compute.verifier_calls += len(candidates)
+    for c, s in zip(candidates, scores.tolist()):
+        c.score = float(s)
+    return scores
