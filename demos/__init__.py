@@ -1,0 +1,1 @@
+"""ponder.demos — the Gradio app (`ponder demo`) and the showcase job; imports sdk, never the reverse."""

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("name")
     zt.add_argument("--steps", type=_positive_int, default=None, help="override the recipe's steps (smoke runs)")
     zt.add_argument("--out", type=Path, default=None, help="zoo folder to write into (default: the shipped one)")
+    zt.add_argument("--smoke", action="store_true", help="tiny model, few steps: check the recipe end to end")
     zs = zsub.add_parser("sample", help="print problems of a zoo task with their answers")
     zs.add_argument("name", help="arith")
     zs.add_argument("--split", default="heldout", help="train | heldout")
@@ -155,7 +156,7 @@ def cmd_zoo(args) -> int:
     if args.zoo_command == "train":
         zoo.entry(args.name)  # unknown names fail before any work
         card = zoo.train(args.name, log=lambda line: print(line, file=sys.stderr, flush=True), steps=args.steps,
-                         out_dir=args.out)
+                         out_dir=args.out, smoke=args.smoke)
         print(json.dumps({"name": card["name"], "metrics": card["metrics"]}))
         return 0
     # sample

@@ -68,11 +68,13 @@ def folder(name: str) -> Path:
     return e.folder
 
 
-def train(name: str, log=print, steps: int | None = None, out_dir: Path | None = None) -> dict:
+def train(name: str, log=print, steps: int | None = None, out_dir: Path | None = None,
+          smoke: bool = False) -> dict:
     """Run the recipe of zoo model `name`; returns its card.
 
     out_dir: the zoo folder of the modality to write into (default: the shipped one).
-    steps: override the recipe's step count (smoke runs).
+    steps: override the recipe's step count.
+    smoke: a tiny model and few evaluation problems: the recipe end to end in seconds.
     """
     e = entry(name)
     if e.name == "exact":
@@ -80,5 +82,5 @@ def train(name: str, log=print, steps: int | None = None, out_dir: Path | None =
     if e.modality == "text":
         from ponder.modalities.text import train as recipes
 
-        return recipes.train(e.name, out_dir or e.folder.parent, log=log, steps=steps)
+        return recipes.train(e.name, out_dir or e.folder.parent, log=log, steps=steps, smoke=smoke)
     raise ZooError(f"no recipe for modality {e.modality!r}")  # pragma: no cover - every entry has one

@@ -237,7 +237,8 @@ def accuracy(prompts: list[str], completions: list[str]) -> float:
 # ---- recipes --------------------------------------------------------------------------------------
 
 
-def train_target(out_dir: Path, cfg: RecipeConfig, log=print, eval_count: int = 128) -> dict:
+def train_target(out_dir: Path, cfg: RecipeConfig, log=print, eval_count: int = 128,
+                 metrics_count: int = 500) -> dict:
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)
@@ -263,7 +264,7 @@ def train_target(out_dir: Path, cfg: RecipeConfig, log=print, eval_count: int = 
         for _ in range(done * cfg.batch_size):
             next(stream)
     result = _train_loop(model, cfg, out_dir, loss_fn, evaluate, log)
-    metrics = target_metrics(model, tokenizer, acfg, cfg.seed)
+    metrics = target_metrics(model, tokenizer, acfg, cfg.seed, metrics_count)
     card = {
         "name": cfg.name,
         "kind": "LlamaForCausalLM (target)",
@@ -504,18 +505,31 @@ def train_verifier(out_dir: Path, cfg: RecipeConfig, target_dir: Path | None, pr
     return card
 
 
-def train(name: str, zoo_dir: Path, log=print, steps: int | None = None) -> dict:
-    """Train zoo model `name` into ``zoo_dir/name`` (steps overrides the recipe, for smoke runs)."""
+SMOKE_SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "batch_size": 4}
+
+
+def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: bool = False) -> dict:
+    """Train zoo model `name` into ``zoo_dir/name``.
+
+    steps: override the recipe's step count. smoke: a tiny model, few evaluation problems — the
+    whole recipe end to end in seconds (tests); its weights are for shape checks only.
+    """
     if name not in RECIPES:
         raise KeyError(name)
     cfg = RECIPES[name]
-    if steps is not None:
-        cfg = RecipeConfig(**{**asdict(cfg), "steps": steps, "eval_every": max(1, steps)})
+    overrides = dict(SMOKE_SHAPE) if smoke else {}
+    if steps is not None or smoke:
+        steps = steps or 2
+        overrides.update(steps=steps, eval_every=max(1, steps))
+    cfg = RecipeConfig(**{**asdict(cfg), **overrides})
+    count = 8 if smoke else None
     out = zoo_dir / name
     if name == "arith":
-        return train_target(out, cfg, log)
+        return train_target(out, cfg, log, **({"eval_count": count} if smoke else {}), metrics_count=count or 500)
     target = zoo_dir / "arith"
     if name == "arith-draft":
-        return train_draft(out, cfg, target, log)
+        return train_draft(out, cfg, target, log, **({"eval_count": count} if smoke else {}))
     return train_verifier(out, cfg, target if (target / "config.json").is_file() else None,
-                          process=(name == "prm"), log=log)
+                          process=(name == "prm"), log=log,
+                          **({"data_count": 16, "eval_count": count} if smoke else {}))
