@@ -13,8 +13,17 @@ from __future__ import annotations
 from ponder.errors import ConfigError, InputError, ModelLoadError, PonderError, ZooError
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "load_verifier", "PonderError", "ConfigError", "InputError", "ModelLoadError",
-           "ZooError", "__version__"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "ModelLoadError",
+    "PonderError",
+    "ZooError",
+    "__version__",
+    "generate",
+    "load",
+    "load_verifier",
+]
 
 
 def __getattr__(name: str):

@@ -5,11 +5,12 @@ Mirrors the CLI one to one (`ponder generate MODALITY --model SPEC ...`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from ponder.errors import ConfigError, ModelLoadError
 from ponder import zoo
+from ponder.errors import ConfigError, ModelLoadError
 
 MODALITIES = ("text",)
 

@@ -3,8 +3,9 @@
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOMS = {"sdk": "ponder", "search": "ponder.search", "modalities": "ponder.modalities", "kernels": "ponder.kernels",

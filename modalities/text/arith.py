@@ -100,7 +100,7 @@ class Problem:
         lines.append(f"A: {self.answer}")
         return "\n".join(lines) + "\n"
 
-    def with_template(self, template: str) -> "Problem":
+    def with_template(self, template: str) -> Problem:
         return Problem(self.numbers, self.ops, template)
 
 

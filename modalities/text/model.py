@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
 from ponder.errors import InputError, ModelLoadError
 from ponder.kernels import KVCache
 
@@ -149,7 +148,7 @@ class TextModel:
 
     @classmethod
     def from_folder(cls, path: str | Path, *, trust_remote_code: bool = False, dtype: str | None = None,
-                    device: str = "cpu", name: str | None = None) -> "TextModel":
+                    device: str = "cpu", name: str | None = None) -> TextModel:
         """Load a causal LM and tokenizer saved with `save_pretrained` (safetensors only, offline).
 
         dtype: "float32" | "bfloat16" | "float16" | None (None: float32 on CPU, the saved dtype

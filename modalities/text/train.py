@@ -20,13 +20,12 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
 from ponder.modalities.text import arith
 
 # ---- model shapes --------------------------------------------------------------------------------

@@ -7,11 +7,10 @@ one score at the end of every line (a step).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
 from ponder.errors import ConfigError, ModelLoadError
 from ponder.modalities.text import arith
 
@@ -76,7 +75,7 @@ class OutcomeVerifier:
         self.model, self.tokenizer, self.name = model, tokenizer, name
 
     @classmethod
-    def from_folder(cls, path: str | Path, name: str = "orm") -> "OutcomeVerifier":
+    def from_folder(cls, path: str | Path, name: str = "orm") -> OutcomeVerifier:
         return cls(*_load(path, "AutoModelForSequenceClassification"), name=name)
 
     @torch.inference_mode()
@@ -101,7 +100,7 @@ class ProcessVerifier:
         self.model, self.tokenizer, self.name, self.aggregate = model, tokenizer, name, aggregate
 
     @classmethod
-    def from_folder(cls, path: str | Path, name: str = "prm", aggregate: str = "min") -> "ProcessVerifier":
+    def from_folder(cls, path: str | Path, name: str = "prm", aggregate: str = "min") -> ProcessVerifier:
         return cls(*_load(path, "AutoModelForTokenClassification"), name=name, aggregate=aggregate)
 
     @torch.inference_mode()

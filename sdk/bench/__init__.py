@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ponder.errors import ConfigError
 
@@ -27,9 +27,17 @@ def _text_overhead(**kw):
     return run(**kw)
 
 
+def _text_zoo(**kw):
+    from ponder.bench.text_zoo import run
+
+    return run(**kw)
+
+
 BENCHES: dict[str, BenchSpec] = {
     "text-overhead": BenchSpec("ponder plain decoding vs HF generate on zoo:arith (tokens/s ratio, goal >= 0.9)",
                                _text_overhead),
+    "text-zoo": BenchSpec("zoo:arith-draft step cost vs zoo:arith (goal <= 1/10), greedy agreement, target accuracy",
+                          _text_zoo),
 }
 
 

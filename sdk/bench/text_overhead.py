@@ -8,8 +8,8 @@ interleaved over repeats and taking each side's best time. Goal: >= 0.9 (at most
 from __future__ import annotations
 
 import time
-import torch
 
+import torch
 from ponder.bench import goal
 
 
@@ -50,12 +50,12 @@ def run(quick: bool = False, plot_dir=None) -> dict:
         ids = [model.encode(p) for p in prompts]
         enc = model.tokenizer(prompts, return_tensors="pt", padding=True)
 
-        def hf():
+        def hf(enc=enc):
             with torch.inference_mode():
                 model.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                      pad_token_id=model.pad_token_id)
 
-        def ours():
+        def ours(ids=ids):
             out = plain(no_eos, ids, sampling=greedy, max_new_tokens=new_tokens)
             assert all(len(t) == new_tokens for t in out.tokens)
 

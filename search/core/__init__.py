@@ -16,23 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-
 from ponder.kernels.sampling import generator_seed, make_generators
 
 __all__ = [
-    "Compute",
     "Candidate",
-    "Result",
+    "Compute",
     "Decoded",
-    "SequenceModel",
-    "SequenceCache",
-    "Verifier",
     "ProcessVerifier",
+    "Result",
+    "SequenceCache",
+    "SequenceModel",
+    "Verifier",
     "candidate_generators",
     "candidate_seed",
     "to_jsonable",
@@ -50,12 +50,12 @@ class Compute:
     verifier_calls: int = 0  # items scored by verifiers
     seconds: float = 0.0  # wall time
 
-    def __iadd__(self, other: "Compute") -> "Compute":
+    def __iadd__(self, other: Compute) -> Compute:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
-    def __add__(self, other: "Compute") -> "Compute":
+    def __add__(self, other: Compute) -> Compute:
         out = dataclasses.replace(self)
         out += other
         return out
@@ -66,7 +66,7 @@ class Compute:
         return d
 
     @contextmanager
-    def timed(self) -> Iterator["Compute"]:
+    def timed(self) -> Iterator[Compute]:
         """Add the wall time of the ``with`` body to `seconds`."""
         start = time.perf_counter()
         try:

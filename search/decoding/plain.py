@@ -7,10 +7,9 @@ own generator, feed it, stop a row at EOS, at a stop condition, or at `max_new_t
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 
@@ -57,17 +56,17 @@ def plain(
         cache = model.new_cache()
         logits = model.prefill(prompt_ids, cache)  # [B, V]
         compute.model_calls += 1
-        active = torch.ones(batch, dtype=torch.bool)  # [B] rows still decoding
+        active = list(range(batch))  # rows still decoding
         for step in range(max_new_tokens):
             next_tok = sample_from_logits(logits, sampling, generators)  # [B]
             token_logp = torch.log_softmax(logits, dim=-1).gather(1, next_tok[:, None])[:, 0]  # [B]
-            is_eos = torch.isin(next_tok, eos)  # [B]
+            is_eos = torch.isin(next_tok, eos).tolist()  # [B]
             tok_list, logp_list = next_tok.tolist(), token_logp.tolist()
-            for row in active.nonzero()[:, 0].tolist():
+            still = []
+            for row in active:
                 compute.tokens += 1
                 if is_eos[row]:
                     reasons[row] = "eos"
-                    active[row] = False
                     continue
                 tokens[row].append(tok_list[row])
                 logprobs[row].append(logp_list[row])
@@ -75,9 +74,12 @@ def plain(
                     stream(row, tok_list[row])
                 if stop is not None and stop(row, tokens[row]):
                     reasons[row] = "stop"
-                    active[row] = False
-            if step == max_new_tokens - 1 or not active.any():
+                    continue
+                still.append(row)
+            active = still
+            if step == max_new_tokens - 1 or not active:
                 break
+            # finished rows keep riding along (their tokens are ignored): the batch shape stays fixed
             logits = model.forward(next_tok[:, None], cache)[:, -1]  # [B, V]
             compute.model_calls += 1
     return Decoded(tokens, reasons, logprobs, compute)

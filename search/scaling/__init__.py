@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ponder.errors import ConfigError
 from ponder.search.scaling.sample import sample

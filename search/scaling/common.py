@@ -3,10 +3,10 @@ candidates, and verifier scoring with its cost counted."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Candidate, Compute, Verifier, candidate_generators, candidate_seed

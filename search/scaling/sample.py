@@ -35,4 +35,4 @@ def sample(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed
     return Result(best=candidates[0], candidates=candidates, compute=compute, config=config)
 
 
-__all__ = ["sample", "Candidate"]
+__all__ = ["Candidate", "sample"]

@@ -3,7 +3,6 @@
 import random
 
 import pytest
-
 from ponder.modalities.text import arith
 from ponder.modalities.text.train import corrupt
 

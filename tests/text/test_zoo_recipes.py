@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from ponder import zoo
 from ponder.errors import ZooError
 
@@ -18,7 +17,7 @@ def smoke_zoo(tmp_path_factory):
 
 def test_smoke_recipes_write_real_formats_with_cards(smoke_zoo):
     out, cards = smoke_zoo
-    for name, card in cards.items():
+    for name in cards:
         folder = out / name
         assert (folder / "model.safetensors").is_file()
         assert (folder / "tokenizer.json").is_file()
@@ -46,9 +45,8 @@ def test_smoke_models_load_through_the_user_path(smoke_zoo):
 def test_training_resumes_from_its_checkpoint(tmp_path):
     """A recipe killed after a checkpoint picks up at that step instead of starting over."""
     import torch
-    from transformers import LlamaForSequenceClassification
-
     from ponder.modalities.text import train as recipes
+    from transformers import LlamaForSequenceClassification
 
     base = {**recipes.asdict(recipes.RECIPES["orm"]), **recipes.SMOKE_SHAPE, "eval_every": 1}
     tok = recipes.arith.build_tokenizer()
