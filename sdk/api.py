@@ -81,12 +81,11 @@ def text_stop(model, stop: Sequence[str]) -> Callable[[int, list[int]], bool] | 
     stop = [s for s in stop if s]
     if not stop:
         return None
-    longest = max(len(s) for s in stop)
 
     def check(row: int, tokens: list[int]) -> bool:
-        # a stop string spans at most `longest` tokens of at least one character each
-        tail = model.decode(tokens[-(longest + 4):])
-        return any(s in tail for s in stop)
+        # the whole row, not a tail window: special tokens decode to "" and may split a stop string
+        text = model.decode(tokens)
+        return any(s in text for s in stop)
 
     return check
 

@@ -55,8 +55,7 @@ def _hf_cache_classes():
             self.store.reset()
 
         def crop(self, tokens_to_remove: int) -> None:
-            self.store.truncate(self.get_seq_length() + tokens_to_remove if tokens_to_remove < 0
-                                else tokens_to_remove)
+            raise RuntimeError("crop a TextCache through TextCache.crop / truncate, not per layer")
 
         def reorder_cache(self, beam_idx):
             raise RuntimeError("reorder a TextCache through TextCache.reorder, not per layer")
@@ -90,7 +89,11 @@ def _hf_cache_classes():
                 self.attention_mask = self.attention_mask[index]
 
         def crop(self, tokens_to_remove: int) -> None:
-            self.truncate(self.length + tokens_to_remove if tokens_to_remove < 0 else tokens_to_remove)
+            """transformers' rollback: crop(-k) drops the last k positions, crop(0) drops none."""
+            if tokens_to_remove > 0:
+                raise ValueError(f"crop takes a count to remove as a negative number (or 0), got "
+                                 f"{tokens_to_remove}; use truncate(length) to keep the first `length`")
+            self.truncate(self.length + tokens_to_remove)
 
         def reorder_cache(self, beam_idx):
             self.reorder(beam_idx)
