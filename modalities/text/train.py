@@ -55,7 +55,7 @@ RECIPES: dict[str, RecipeConfig] = {
     # ~14 M parameters: one decode step (~11 ms on 2 cores) is dominated by the weights.
     "arith": RecipeConfig("arith", 384, 1024, 8, 6, steps=1000, batch_size=64, lr=1.5e-3),
     # one layer: its decode step costs about a tenth of the target's.
-    "arith-draft": RecipeConfig("arith-draft", 256, 768, 1, 4, steps=600, batch_size=64, lr=2e-3),
+    "arith-draft": RecipeConfig("arith-draft", 256, 768, 1, 4, steps=400, batch_size=64, lr=2e-3),
     "orm": RecipeConfig("orm", 128, 384, 2, 4, steps=600, batch_size=64, lr=1e-3),
     "prm": RecipeConfig("prm", 128, 384, 2, 4, steps=600, batch_size=64, lr=1e-3),
 }
@@ -194,6 +194,12 @@ def _save(model, tokenizer, out_dir: Path, card: dict, dtype=torch.bfloat16) -> 
     shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def _as_shipped(model, dtype=torch.bfloat16):
+    """Round the weights to the dtype they ship in (and back), so card metrics describe the
+    weights a user loads, not the float32 ones training ended with."""
+    return model.to(dtype).to(torch.float32)
+
+
 def _n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -263,6 +269,7 @@ def train_target(out_dir: Path, cfg: RecipeConfig, log=print, eval_count: int = 
         for _ in range(done * cfg.batch_size):
             next(stream)
     result = _train_loop(model, cfg, out_dir, loss_fn, evaluate, log)
+    _as_shipped(model)
     metrics = target_metrics(model, tokenizer, acfg, cfg.seed, metrics_count)
     card = {
         "name": cfg.name,
@@ -333,6 +340,7 @@ def train_draft(out_dir: Path, cfg: RecipeConfig, target_dir: Path, log=print, e
         for _ in range(done * cfg.batch_size):
             next(stream)
     result = _train_loop(model, cfg, out_dir, loss_fn, None, log)
+    _as_shipped(model)
     metrics = {"greedy_agreement_with_target": round(draft_agreement(model, target, tokenizer, acfg, cfg.seed,
                                                                      eval_count), 4)}
     prompts = [p.prompt for p in arith.problems("heldout", eval_count, seed=cfg.seed + 1, template="Q", cfg=acfg)]
@@ -485,6 +493,7 @@ def train_verifier(out_dir: Path, cfg: RecipeConfig, target_dir: Path | None, pr
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result = _train_loop(model, cfg, out_dir, loss_fn, evaluate, log)
+    _as_shipped(model)
     metrics = evaluate()
     metrics["heldout_examples"] = eval_count
     metrics["heldout_unit"] = "steps" if process else "solutions"

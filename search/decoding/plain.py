@@ -16,6 +16,19 @@ from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 StopFn = Callable[[int, list[int]], bool]  # (row, new tokens so far) -> stop this row now?
 
 
+def prefill_shared(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], cache) -> torch.Tensor:
+    """Prefill `prompt_ids` into `cache`; N candidates of one prompt share a single prefill row.
+
+    Returns next-token logits [B, V].
+    """
+    first = list(prompt_ids[0])
+    if len(prompt_ids) > 1 and all(list(p) == first for p in prompt_ids[1:]):
+        logits = model.prefill([first], cache)  # [1, V]
+        cache.reorder(torch.zeros(len(prompt_ids), dtype=torch.long))  # every row reads the one prefill
+        return logits.expand(len(prompt_ids), -1).contiguous()  # [B, V]
+    return model.prefill(prompt_ids, cache)
+
+
 def plain(
     model: SequenceModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -54,7 +67,7 @@ def plain(
             return Decoded(tokens, reasons, logprobs, compute)
         eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long)  # [E]
         cache = model.new_cache()
-        logits = model.prefill(prompt_ids, cache)  # [B, V]
+        logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
         compute.model_calls += 1
         active = list(range(batch))  # rows still decoding
         for step in range(max_new_tokens):
