@@ -206,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ponder: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # e.g. --out names a file, or a folder we may not write
+        if args.debug:
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"ponder: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ponder: interrupted", file=sys.stderr)
         return 130

@@ -100,3 +100,12 @@ def test_zoo_sample_rejects_bad_split(capsys):
 def test_zoo_train_rejects_unknown_name(capsys):
     code, _, err = _run(capsys, "zoo", "train", "nope")
     assert code == 2 and "unknown zoo name" in err
+
+
+def test_out_that_is_a_file_exits_2_without_traceback(capsys, tiny_model_folders, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    code, out, err = _run(capsys, "generate", "text", "--model", str(tiny_model_folders["llama"]), "--prompt", "Q: 7\n",
+                          "--max-new-tokens", "2", "--out", str(blocker))
+    assert code == 2 and "taken" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"
