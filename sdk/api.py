@@ -159,13 +159,24 @@ def generate(
             ids = seen.setdefault(row, [])
             ids.append(token)
             text = model.decode(ids)
-            if text.startswith(shown.get(row, "")) and len(text) > len(shown.get(row, "")):
-                stream(row, text[len(shown.get(row, "")):])
+            if text.endswith("\ufffd"):
+                return  # a multi-byte character is still incomplete: wait for its next token
+            done = shown.get(row, "")
+            # decoding more tokens can re-normalise earlier text; emit only what extends it
+            if len(text) > len(done) and text.startswith(done):
+                stream(row, text[len(done):])
                 shown[row] = text
 
     result = strategy_fn(model, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
                          sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
                          stream=token_stream, **options)
+    if stream is not None:  # flush what was held back (a row that ended inside a character)
+        for c in result.candidates:
+            row, text = c.meta.get("index"), c.output
+            done = shown.get(row, "")
+            if isinstance(text, str) and len(text) > len(done) and text.startswith(done):
+                stream(row, text[len(done):])
+                shown[row] = text
     if stops:
         for c in result.candidates:
             if isinstance(c.output, str):

@@ -4,6 +4,7 @@ they are measured by the bench, on whatever machine runs it)."""
 import json
 
 import pytest
+
 from ponder.cli import main
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
 from ponder.errors import InputError, ModelLoadError
 from ponder.kernels import KVCache
 

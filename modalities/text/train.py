@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from ponder.modalities.text import arith
 
 # ---- model shapes --------------------------------------------------------------------------------

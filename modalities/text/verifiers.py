@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
 from ponder.errors import ConfigError, ModelLoadError
 from ponder.modalities.text import arith
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from ponder.bench import goal
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from ponder.bench import goal
 from ponder.bench.text_overhead import _NoEOS
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
 from ponder.kernels.sampling import generator_seed, make_generators
 
 __all__ = [

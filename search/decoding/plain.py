@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 

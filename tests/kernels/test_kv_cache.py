@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ponder.kernels import KVCache
 
 BATCH, HEADS, HEAD_DIM = 2, 3, 4

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from ponder.kernels import (
     SamplingParams,
     generator_seed,

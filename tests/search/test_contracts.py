@@ -3,6 +3,7 @@
 import json
 
 import torch
+
 from ponder.search.core import Candidate, Compute, Result, candidate_generators, candidate_seed
 
 

@@ -3,6 +3,7 @@
 import random
 
 import pytest
+
 from ponder.modalities.text import arith
 from ponder.modalities.text.train import corrupt
 

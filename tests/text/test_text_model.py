@@ -8,9 +8,10 @@ streaming / compute accounting of the plain decoder, and the user errors of `pon
 
 from __future__ import annotations
 
-import ponder
 import pytest
 import torch
+
+import ponder
 from ponder.errors import ConfigError, InputError, ModelLoadError
 from ponder.kernels import SamplingParams
 from ponder.modalities.text import TextModel

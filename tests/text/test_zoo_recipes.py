@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from ponder import zoo
 from ponder.errors import ZooError
 
@@ -45,8 +46,9 @@ def test_smoke_models_load_through_the_user_path(smoke_zoo):
 def test_training_resumes_from_its_checkpoint(tmp_path):
     """A recipe killed after a checkpoint picks up at that step instead of starting over."""
     import torch
-    from ponder.modalities.text import train as recipes
     from transformers import LlamaForSequenceClassification
+
+    from ponder.modalities.text import train as recipes
 
     base = {**recipes.asdict(recipes.RECIPES["orm"]), **recipes.SMOKE_SHAPE, "eval_every": 1}
     tok = recipes.arith.build_tokenizer()
