@@ -110,3 +110,11 @@ def test_out_that_is_a_file_exits_2_without_traceback(capsys, tiny_model_folders
                           "--max-new-tokens", "2", "--out", str(blocker))
     assert code == 2 and "taken" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_zoo_train_smoke_from_the_cli_writes_a_loadable_model(capsys, tmp_path):
+    code, out, _ = _run(capsys, "zoo", "train", "arith", "--smoke", "--out", str(tmp_path))
+    assert code == 0 and json.loads(out)["name"] == "arith"
+    code, out, _ = _run(capsys, "generate", "text", "--model", str(tmp_path / "arith"), "--prompt", "Q: 1+1\n",
+                        "--max-new-tokens", "3", "--json")
+    assert code == 0 and json.loads(out)["compute"]["model_calls"] >= 1
