@@ -175,6 +175,24 @@ def _train_loop(
     return {"history": history, "train_seconds_this_run": round(time.time() - t0, 1)}
 
 
+def _skip_trained(stream, out_dir: Path, cfg: RecipeConfig) -> None:
+    """On resume, advance the data stream past the problems the checkpoint already trained on
+    (the stream is a pure function of its seed, so the resumed run sees what the first would have)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = out_dir / "checkpoint" / "state.pt"
+    if state.exists():
+        done = torch.load(state, weights_only=False)["step"]
+        for _ in range(done * cfg.batch_size):
+            next(stream)
+
+
+def _card(cfg: RecipeConfig, model, kind: str, data: str, metrics: dict, result: dict, **extra) -> dict:
+    """The card every zoo model ships with: what it is, its data, recipe, metrics and history."""
+    return {"name": cfg.name, "kind": kind, "parameters": _n_params(model), **extra, "data": data,
+            "recipe": asdict(cfg), "metrics": metrics, "history": result["history"],
+            "reproduce": f"ponder zoo train {cfg.name}"}
+
+
 def _save(model, tokenizer, out_dir: Path, card: dict, dtype=torch.bfloat16) -> None:
     """Write weights (bf16 safetensors), tokenizer and card atomically into `out_dir`."""
     tmp = out_dir.with_name(out_dir.name + ".saving")
@@ -264,24 +282,14 @@ def train_target(out_dir: Path, cfg: RecipeConfig, log=print, eval_count: int = 
     def evaluate():
         return {"heldout_greedy_acc": round(accuracy(heldout, greedy_completions(model, tokenizer, heldout)), 4)}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "checkpoint" / "state.pt").exists():
-        done = torch.load(out_dir / "checkpoint" / "state.pt", weights_only=False)["step"]
-        for _ in range(done * cfg.batch_size):
-            next(stream)
+    _skip_trained(stream, out_dir, cfg)
     result = _train_loop(model, cfg, out_dir, loss_fn, evaluate, log)
     _as_shipped(model)
     metrics = target_metrics(model, tokenizer, acfg, cfg.seed, metrics_count)
-    card = {
-        "name": cfg.name,
-        "kind": "LlamaForCausalLM (target)",
-        "parameters": _n_params(model),
-        "data": "ponder.modalities.text.arith train split (generated; held-out expressions excluded by hash)",
-        "recipe": asdict(cfg),
-        "metrics": metrics,
-        "history": result["history"],
-        "reproduce": f"ponder zoo train {cfg.name}",
-    }
+    card = _card(cfg, model, "LlamaForCausalLM (target)",
+                 "ponder.modalities.text.arith train split (generated; held-out expressions excluded by hash); "
+                 f"{cfg.arith['rewrite_prob']:.0%} of problems in the copy-heavy R template",
+                 metrics, result)
     _save(model, tokenizer, out_dir, card)
     return card
 
@@ -335,28 +343,16 @@ def train_draft(out_dir: Path, cfg: RecipeConfig, target_dir: Path, log=print, e
         kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
         return kl + 0.5 * out.loss, int(keep.sum())
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "checkpoint" / "state.pt").exists():
-        done = torch.load(out_dir / "checkpoint" / "state.pt", weights_only=False)["step"]
-        for _ in range(done * cfg.batch_size):
-            next(stream)
+    _skip_trained(stream, out_dir, cfg)
     result = _train_loop(model, cfg, out_dir, loss_fn, None, log)
     _as_shipped(model)
     metrics = {"greedy_agreement_with_target": round(draft_agreement(model, target, tokenizer, acfg, cfg.seed,
                                                                      eval_count), 4)}
     prompts = [p.prompt for p in arith.problems("heldout", eval_count, seed=cfg.seed + 1, template="Q", cfg=acfg)]
     metrics["heldout_greedy_acc"] = round(accuracy(prompts, greedy_completions(model, tokenizer, prompts)), 4)
-    card = {
-        "name": cfg.name,
-        "kind": "LlamaForCausalLM (draft, distilled from arith)",
-        "parameters": _n_params(model),
-        "target": "arith",
-        "data": "arith train split; teacher = the arith target's next-token distribution",
-        "recipe": asdict(cfg),
-        "metrics": metrics,
-        "history": result["history"],
-        "reproduce": f"ponder zoo train {cfg.name}",
-    }
+    card = _card(cfg, model, "LlamaForCausalLM (draft, distilled from arith)",
+                 "arith train split; teacher = the arith target's next-token distribution", metrics, result,
+                 target="arith")
     _save(model, tokenizer, out_dir, card)
     return card
 
@@ -498,18 +494,10 @@ def train_verifier(out_dir: Path, cfg: RecipeConfig, target_dir: Path | None, pr
     metrics = evaluate()
     metrics["heldout_examples"] = eval_count
     metrics["heldout_unit"] = "steps" if process else "solutions"
-    card = {
-        "name": cfg.name,
-        "kind": f"{cls.__name__} ({'process' if process else 'outcome'} verifier)",
-        "parameters": _n_params(model),
-        "data": ("arith train problems: the arith target's T=1 samples labelled by the exact checker, "
-                 "plus reference solutions and synthetic one-step corruptions"),
-        "heldout": "held-out problems, half reference solutions, half synthetic corruptions",
-        "recipe": asdict(cfg),
-        "metrics": metrics,
-        "history": result["history"],
-        "reproduce": f"ponder zoo train {cfg.name}",
-    }
+    card = _card(cfg, model, f"{cls.__name__} ({'process' if process else 'outcome'} verifier)",
+                 "arith train problems: the arith target's T=1 samples labelled by the exact checker, "
+                 "plus reference solutions and synthetic one-step corruptions", metrics, result,
+                 heldout="held-out problems, half reference solutions, half synthetic corruptions")
     _save(model, tokenizer, out_dir, card)
     return card
 

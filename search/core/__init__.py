@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ponder.errors import ConfigError
 from ponder.kernels.sampling import generator_seed, make_generators
 
 __all__ = [
@@ -134,6 +135,13 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return to_jsonable(value.to_dict())
     return repr(value)
+
+
+def lookup(table: dict[str, Any], what: str, name: str) -> Any:
+    """`table[name]`, or a ConfigError naming the unknown `what` and every allowed name."""
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; allowed: {', '.join(sorted(table))}")
+    return table[name]
 
 
 # ---- seeding ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ponder.errors import ConfigError
+from ponder.search.core import lookup
 from ponder.search.decoding.plain import plain
 
 DECODERS: dict[str, Callable] = {
@@ -17,9 +17,7 @@ DECODERS: dict[str, Callable] = {
 
 
 def get_decoder(name: str) -> Callable:
-    if name not in DECODERS:
-        raise ConfigError(f"unknown decoder {name!r}; allowed: {', '.join(sorted(DECODERS))}")
-    return DECODERS[name]
+    return lookup(DECODERS, "decoder", name)
 
 
 __all__ = ["DECODERS", "get_decoder", "plain"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ponder.errors import ConfigError
+from ponder.search.core import lookup
 from ponder.search.scaling.sample import sample
 
 STRATEGIES: dict[str, Callable] = {
@@ -16,9 +16,7 @@ STRATEGIES: dict[str, Callable] = {
 
 
 def get_strategy(name: str) -> Callable:
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]
+    return lookup(STRATEGIES, "strategy", name)
 
 
 __all__ = ["STRATEGIES", "get_strategy", "sample"]
