@@ -17,7 +17,7 @@ def _check_shape(report, name):
         assert isinstance(g["met"], bool) and isinstance(g["value"], float)
 
 
-@pytest.mark.parametrize("name", ["text-overhead", "text-zoo"])
+@pytest.mark.parametrize("name", ["text-overhead", "text-zoo", "text-verifiers"])
 def test_bench_json_has_the_design_shape(capsys, name):
     code = main(["bench", name, "--quick", "--json"])
     report = json.loads(capsys.readouterr().out)

@@ -33,11 +33,19 @@ def _text_zoo(**kw):
     return run(**kw)
 
 
+def _text_verifiers(**kw):
+    from ponder.bench.text_verifiers import run
+
+    return run(**kw)
+
+
 BENCHES: dict[str, BenchSpec] = {
     "text-overhead": BenchSpec("ponder plain decoding vs HF generate on zoo:arith (tokens/s ratio, goal >= 0.9)",
                                _text_overhead),
     "text-zoo": BenchSpec("zoo:arith-draft step cost vs zoo:arith (goal <= 1/10), greedy agreement, target accuracy",
                           _text_zoo),
+    "text-verifiers": BenchSpec("zoo orm / prm on arith samples: AUROC and best-of-8 pick vs a random sample",
+                                _text_verifiers),
 }
 
 
