@@ -65,7 +65,7 @@ def _hf_cache_classes():
         """ponder's KV cache for one batch of a text model, plus its padding mask.
 
         length: positions stored (left padding included), shared by every row.
-        attention_mask: [B, length] 1 for real tokens, 0 for left padding.
+        attention_mask: [B, length] 1 for real tokens, 0 for left padding; None while no row is padded.
         """
 
         def __init__(self, num_layers: int, capacity: int = 256):
@@ -230,7 +230,8 @@ class TextModel:
             if len(p):
                 ids[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
                 mask[row, width - len(p):] = 1
-        return self._run(ids.to(self.device), cache, mask.to(self.device))[:, -1]
+        padded = any(len(p) != width for p in prompt_ids)
+        return self._run(ids.to(self.device), cache, mask.to(self.device) if padded else None)[:, -1]
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,27 +240,38 @@ class TextModel:
         attn_mask: optional [B, T, T] bool, which new tokens each new token may see (a token tree;
         each token always sees the whole cache). None: causal among the new tokens.
         """
-        new = torch.ones(tokens.shape, dtype=torch.long, device=self.device)  # [B, T]
-        return self._run(tokens, cache, new, tree_mask=attn_mask)
+        return self._run(tokens, cache, None, tree_mask=attn_mask)
 
-    def _run(self, ids: torch.Tensor, cache, new_mask: torch.Tensor,
+    def _run(self, ids: torch.Tensor, cache, new_mask: torch.Tensor | None,
              tree_mask: torch.Tensor | None = None) -> torch.Tensor:
-        past = cache.attention_mask  # [B, L] or None
-        full = new_mask if past is None else torch.cat([past, new_mask], dim=1)  # [B, L+T]
-        # positions count real tokens only, as HF generate does for left-padded batches
-        positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # [B, T]
+        """Run ids [B, T] over the cache. new_mask [B, T]: 0 marks left padding; None: all real."""
+        past = cache.attention_mask  # [B, L], or None while no row has padding
+        b, t = ids.shape
+        length = cache.length
+        if past is None and new_mask is None:
+            # no padding anywhere: positions are plain offsets and attention is plainly causal
+            full = None
+            positions = torch.arange(length, length + t, device=self.device).expand(b, t)  # [B, T]
+        else:
+            if past is None:
+                past = torch.ones((b, length), dtype=torch.long, device=self.device)
+            if new_mask is None:
+                new_mask = torch.ones((b, t), dtype=torch.long, device=self.device)
+            full = torch.cat([past, new_mask], dim=1)  # [B, L+T]
+            # positions count real tokens only, as HF generate does for left-padded batches
+            positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -t:]  # [B, T]
+        mask = full
         if tree_mask is not None:
             # tree depth, not index, gives a draft token's position: depth = ancestors seen - 1
             depth = tree_mask.long().sum(-1) - 1  # [B, T]
             positions = positions[:, :1] + depth
+            if full is None:
+                full = torch.ones((b, length + t), dtype=torch.long, device=self.device)
             mask = self._tree_mask_4d(full, tree_mask)
-        elif bool(full.all()):
-            mask = None  # no padding: plain causal attention (SDPA's fast path)
-        else:
-            mask = full
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **{self._cache_kwarg: cache})
-        cache.attention_mask = full
+        if full is not None and bool((full == 0).any()):
+            cache.attention_mask = full
         return out.logits.float()
 
     def _tree_mask_4d(self, full: torch.Tensor, tree_mask: torch.Tensor) -> torch.Tensor:
