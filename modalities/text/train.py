@@ -427,32 +427,20 @@ def verifier_examples(target_dir: Path | None, count: int, seed: int, acfg) -> l
     return examples
 
 
-def step_end_positions(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """Token ids of prompt+completion and, per completion line, the index of its newline token."""
-    p = tokenizer(prompt)["input_ids"]
-    ids, ends = list(p), []
-    for line in completion.split("\n")[:-1] if completion.endswith("\n") else completion.split("\n"):
-        ids += tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
-        ends.append(len(ids) - 1)
-    return ids, ends
-
-
 def _verifier_batch(tokenizer, examples, process: bool):
+    """The same encoding the verifiers use at inference, with outcome or per-step targets."""
+    from ponder.modalities.text.verifiers import encode_steps, pad_right
+
     rows, targets = [], []
     for prompt, completion in examples:
-        ids, ends = step_end_positions(tokenizer, prompt, completion)
+        ids, ends = encode_steps(tokenizer, prompt, completion)
         rows.append(ids)
         if process:
             labels = arith.step_labels(prompt, completion)
             targets.append([(e, float(lb)) for e, lb in zip(ends, labels)])
         else:
             targets.append(float(arith.is_correct(prompt, completion)))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    ids, mask = pad_right(tokenizer, rows)
     return ids, mask, targets
 
 

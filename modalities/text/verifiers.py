@@ -43,20 +43,20 @@ def _load(path: str | Path, auto_class: str):
     return model, tokenizer
 
 
-def _batch(tokenizer, prompt: str, outputs: Sequence[str]):
-    """Right-padded ids [N, T] and mask [N, T] of prompt + output, plus each line's newline index."""
-    rows, ends = [], []
-    base = list(tokenizer(prompt)["input_ids"])
-    for out in outputs:
-        ids, row_ends = list(base), []
-        for line in out.split("\n"):
-            piece = tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
-            if not line.strip():
-                continue
-            ids += piece
-            row_ends.append(len(ids) - 1)
-        rows.append(ids)
-        ends.append(row_ends)
+def encode_steps(tokenizer, prompt: str, output: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + output, and the index of the newline ending each non-empty line
+    (a step). Blank lines are dropped, as `arith.step_labels` drops them, so ends and labels align."""
+    ids, ends = list(tokenizer(prompt)["input_ids"]), []
+    for line in output.split("\n"):
+        if not line.strip():
+            continue
+        ids += tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def pad_right(tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [N, T] and attention mask [N, T] of token id rows."""
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -64,7 +64,14 @@ def _batch(tokenizer, prompt: str, outputs: Sequence[str]):
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
-    return ids, mask, ends
+    return ids, mask
+
+
+def _batch(tokenizer, prompt: str, outputs: Sequence[str]):
+    """Padded ids [N, T] and mask [N, T] of prompt + each output, plus each output's step ends."""
+    encoded = [encode_steps(tokenizer, prompt, out) for out in outputs]
+    ids, mask = pad_right(tokenizer, [e[0] for e in encoded])
+    return ids, mask, [e[1] for e in encoded]
 
 
 class OutcomeVerifier:
