@@ -135,16 +135,13 @@ def generate(
     """
     from ponder.kernels.sampling import SamplingParams
     from ponder.search.scaling import get_strategy
+    from ponder.search.scaling.common import checked_sampling
 
     modality = getattr(model, "modality", None)
     if modality not in MODALITIES:
         raise ConfigError(f"generate needs a model from ponder.load(...), got {type(model).__name__}")
     strategy_fn = get_strategy(strategy)
-    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    try:
-        sampling.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    sampling = checked_sampling(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
     if isinstance(verifier, (str, Path)):
         verifier = load_verifier(modality, verifier)
     if isinstance(draft, (str, Path)):
@@ -155,28 +152,27 @@ def generate(
         seen: dict[int, list[int]] = {}
         shown: dict[int, str] = {}
 
+        def emit(row: int, text: str) -> None:
+            # decoding more tokens can re-normalise earlier text; emit only what extends it
+            done = shown.get(row, "")
+            if len(text) > len(done) and text.startswith(done):
+                stream(row, text[len(done):])
+                shown[row] = text
+
         def token_stream(row: int, token: int) -> None:
             ids = seen.setdefault(row, [])
             ids.append(token)
             text = model.decode(ids)
-            if text.endswith("\ufffd"):
-                return  # a multi-byte character is still incomplete: wait for its next token
-            done = shown.get(row, "")
-            # decoding more tokens can re-normalise earlier text; emit only what extends it
-            if len(text) > len(done) and text.startswith(done):
-                stream(row, text[len(done):])
-                shown[row] = text
+            if not text.endswith("\ufffd"):  # else a multi-byte character waits for its next token
+                emit(row, text)
 
     result = strategy_fn(model, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
                          sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
                          stream=token_stream, **options)
     if stream is not None:  # flush what was held back (a row that ended inside a character)
         for c in result.candidates:
-            row, text = c.meta.get("index"), c.output
-            done = shown.get(row, "")
-            if isinstance(text, str) and len(text) > len(done) and text.startswith(done):
-                stream(row, text[len(done):])
-                shown[row] = text
+            if isinstance(c.output, str):
+                emit(c.meta.get("index"), c.output)
     if stops:
         for c in result.candidates:
             if isinstance(c.output, str):

@@ -107,11 +107,10 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens <= 0:
         raise ConfigError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
     from ponder.kernels.sampling import SamplingParams
+    from ponder.search.scaling.common import checked_sampling
 
-    try:  # bad sampling options fail before any model loads
-        SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p).validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    # bad sampling options fail before any model loads
+    checked_sampling(SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p))
     _quiet_transformers()
     model = ponder.load(args.modality, args.model, trust_remote_code=args.trust_remote_code)
     result = ponder.generate(

@@ -13,6 +13,14 @@ from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Candidate, Compute, Verifier, candidate_generators, candidate_seed
 
 
+def checked_sampling(sampling: SamplingParams) -> SamplingParams:
+    """`sampling`, validated; a bad value becomes a ConfigError naming it and what is allowed."""
+    try:
+        return sampling.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_n(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise ConfigError(f"n must be a positive integer (number of candidates), got {n!r}")
@@ -43,11 +51,7 @@ def decode_candidates(
     from ponder.search.decoding import get_decoder
 
     check_n(n)
-    sampling = sampling or SamplingParams()
-    try:
-        sampling.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    sampling = checked_sampling(sampling or SamplingParams())
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     decode_fn = get_decoder(decoder) if isinstance(decoder, str) else decoder
