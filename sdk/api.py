@@ -46,12 +46,31 @@ def load(modality: str, spec: str | Path, **options):
     return load_text(folder, name=name or str(spec), **options)
 
 
-def load_verifier(modality: str, spec: str | Path, **options):
-    """A verifier by name (``exact``, ``orm``, ``prm``, with or without ``zoo:``) or local folder.
+VERIFIER_NAMES = ("exact", "orm", "prm", "self", "ensemble")
 
-    A folder holding a sequence-classification model loads as an outcome verifier; a
-    token-classification model as a process verifier.
+
+def load_verifier(modality: str, spec: str | Path, model=None, **options):
+    """A verifier by name, a comma-separated ensemble of names, or a local folder.
+
+    Names: ``exact`` (the arith checker), ``orm`` / ``prm`` (zoo verifiers, ``zoo:`` optional),
+    ``self`` (the generator's own normalised likelihood; needs `model`), ``ensemble`` (orm + prm,
+    rank-averaged), or ``a,b,...`` (a rank-averaged ensemble of those). A folder holding a
+    sequence-classification model loads as an outcome verifier; a token-classification model as a
+    process verifier.
     """
+    _check_modality(modality)
+    spec = str(spec)
+    if spec == "ensemble" or ("," in spec and not Path(spec).exists()):
+        from ponder.search.verifiers import ensemble
+
+        names = ["orm", "prm"] if spec == "ensemble" else [s.strip() for s in spec.split(",") if s.strip()]
+        return ensemble([load_verifier(modality, name, model=model, **options) for name in names], name=spec)
+    if spec == "self":
+        if model is None:
+            raise ConfigError("the self verifier scores with the generating model; pass model=")
+        from ponder.search.verifiers import SelfEvaluation
+
+        return SelfEvaluation(model)
     _check_modality(modality)
     from ponder.modalities.text import verifiers
 
@@ -64,7 +83,8 @@ def load_verifier(modality: str, spec: str | Path, **options):
         return cls.from_folder(folder, name=key, **options)
     folder = Path(str(spec))
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"unknown verifier {str(spec)!r}; use exact, orm, prm, or a local verifier folder")
+        raise ConfigError(f"unknown verifier {str(spec)!r}; use one of {', '.join(VERIFIER_NAMES)}, "
+                          "a comma-separated list of them, or a local verifier folder")
     import json
 
     archs = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
@@ -74,6 +94,30 @@ def load_verifier(modality: str, spec: str | Path, **options):
         return verifiers.OutcomeVerifier.from_folder(folder, name=folder.name, **options)
     raise ConfigError(f"verifier folder {str(folder)!r} holds a {archs[0] or 'model of unknown class'}; "
                       "expected a *ForSequenceClassification (outcome) or *ForTokenClassification (process)")
+
+
+# options every strategy passes through to its decoder (or the step-level machinery)
+DECODING_OPTIONS = frozenset({"decoder", "draft", "sampling", "max_new_tokens", "stop", "stream", "step_end",
+                              "max_step_tokens"})
+
+
+def check_options(strategy: str, strategy_fn: Callable, decoder: str, options: dict) -> None:
+    """ConfigError naming any option that neither the strategy nor the decoder takes."""
+    import inspect
+
+    from ponder.search.decoding import get_decoder
+
+    def named(fn) -> set[str]:
+        params = inspect.signature(fn).parameters.values()
+        return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+
+    allowed = named(strategy_fn) - {"model", "prompt", "verifier", "n", "seed"}
+    if isinstance(decoder, str):
+        allowed |= named(get_decoder(decoder)) - {"model", "prompt_ids", "generators"} - DECODING_OPTIONS
+    unknown = sorted(set(options) - allowed - DECODING_OPTIONS)
+    if unknown:
+        raise ConfigError(f"strategy {strategy!r} does not take option(s) {', '.join(unknown)}; "
+                          f"it takes: {', '.join(sorted(allowed)) or 'none'}")
 
 
 def text_stop(model, stop: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
@@ -112,6 +156,7 @@ def generate(
     max_new_tokens: int = 64,
     stop: Sequence[str] | str | None = None,
     stream: Callable[[int, str], None] | None = None,
+    calibrate: int | None = None,
     **options,
 ):
     """Generate from `model` with a scaling strategy and a decoder.
@@ -128,8 +173,13 @@ def generate(
         temperature, top_k, top_p, min_p: sampling; temperature 0 is greedy.
         max_new_tokens: most new tokens per candidate.
         stop: stop string(s); the output is cut right after the first one.
-        stream: callback(candidate_index, text_delta) as tokens arrive.
-        options: strategy-specific options.
+        stream: callback(candidate_index, text_delta) as tokens arrive (strategies that decode step
+            by step — beam, dvts, diverse-beam, particles — report each final output once).
+        calibrate: score with the verifier's quantile among this many of the model's own samples
+            per prompt (InfAlign's calibrated reward) instead of its raw score.
+        options: strategy-specific options (e.g. beam_width, weight_temperature, resampling,
+            ess_threshold, gibbs_iterations, probe, confidence, abstain_below); an option the
+            strategy does not take is an error naming the ones it does.
     Returns:
         `ponder.search.core.Result`.
     """
@@ -141,9 +191,19 @@ def generate(
     if modality not in MODALITIES:
         raise ConfigError(f"generate needs a model from ponder.load(...), got {type(model).__name__}")
     strategy_fn = get_strategy(strategy)
+    check_options(strategy, strategy_fn, decoder, options)
     sampling = checked_sampling(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
     if isinstance(verifier, (str, Path)):
-        verifier = load_verifier(modality, verifier)
+        verifier = load_verifier(modality, verifier, model=model)
+    if calibrate is not None:
+        if not isinstance(calibrate, int) or isinstance(calibrate, bool) or calibrate <= 0:
+            raise ConfigError(f"calibrate must be a positive number of reference samples, got {calibrate!r}")
+        if verifier is None:
+            raise ConfigError("calibrate needs a verifier to calibrate")
+        from ponder.search.verifiers import Calibrated
+
+        verifier = Calibrated.against_model(verifier, model, m=calibrate, seed=seed + 1, sampling=sampling,
+                                            max_new_tokens=max_new_tokens)
     if isinstance(draft, (str, Path)):
         draft = load(modality, draft)
     stops = [stop] if isinstance(stop, str) else list(stop or [])

@@ -25,6 +25,41 @@ def _positive_int(text: str) -> int:
     return value
 
 
+STRATEGY_FLAGS = [
+    ("--beam-width", int, "beam, dvts, diverse-beam: next steps sampled per kept beam"),
+    ("--groups", int, "diverse-beam: number of groups"),
+    ("--diversity", float, "diverse-beam: penalty per repeat of a step chosen by an earlier group"),
+    ("--max-steps", int, "step-level strategies: most rounds"),
+    ("--weight-temperature", float, "particles: T in softmax(score / T), > 0"),
+    ("--resampling", str, "particles: multinomial | systematic"),
+    ("--ess-threshold", float, "particles: resample when ESS < this * n (1 = every step)"),
+    ("--gibbs-iterations", int, "particles: > 1 runs Particle Gibbs"),
+    ("--select", str, "particles: weight | sample | vote"),
+    ("--probe", int, "compute-optimal: samples that estimate difficulty"),
+    ("--confidence", float, "adaptive: stop once the best score (or the vote share) reaches this"),
+    ("--abstain-below", float, "return no answer when the best score is below this"),
+]
+
+
+def _strategy_options(args) -> dict:
+    import yaml
+
+    options = {}
+    for flag, _, _ in STRATEGY_FLAGS:
+        key = flag[2:].replace("-", "_")
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option wants KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--option {key}: cannot read value {value!r}: {err}") from None
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Inference-time search and fast decoding.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -34,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("modality", help="text")
     gen.add_argument("--model", required=True, help="zoo:NAME or a local model folder")
     gen.add_argument("--prompt", required=True, help="the prompt (use $'...' for newlines in bash)")
-    gen.add_argument("--strategy", default="sample", help="scaling strategy (default: sample)")
+    gen.add_argument("--strategy", default="sample",
+                     help="sample | best-of-n | weighted-best-of-n | worst-of-n | self-consistency | rpc | beam | "
+                          "dvts | diverse-beam | particles | compute-optimal | adaptive (default: sample)")
     gen.add_argument("--n", type=int, default=1, help="number of candidates (default: 1)")
-    gen.add_argument("--verifier", default=None, help="exact | orm | prm | a local verifier folder")
+    gen.add_argument("--verifier", default=None,
+                     help="exact | orm | prm | self | ensemble | a,b (ensemble of names) | a local verifier folder")
     gen.add_argument("--decoder", default="plain", help="decoder (default: plain)")
     gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
     gen.add_argument("--seed", type=int, default=0)
@@ -46,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]; 0 = off")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    opts = gen.add_argument_group("strategy options (only the ones a strategy takes are allowed)")
+    for flag, kind, text in STRATEGY_FLAGS:
+        opts.add_argument(flag, type=kind, default=None, help=text)
+    opts.add_argument("--calibrate", type=int, default=None, metavar="M",
+                      help="score by the verifier's quantile among M of the model's own samples (InfAlign)")
+    opts.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="any other strategy option (VALUE read as YAML: 3, 0.5, true, [1, 2], {1: beam})")
     gen.add_argument("--trust-remote-code", action="store_true", help="allow custom model code in the folder")
     gen.add_argument("--out", type=Path, default=None, help="write result.json and candidate files here")
     gen.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -109,14 +154,19 @@ def cmd_generate(args) -> int:
     from ponder.kernels.sampling import SamplingParams
     from ponder.search.scaling.common import checked_sampling
 
-    # bad sampling options fail before any model loads
+    # bad sampling options, strategy names and options fail before any model loads
     checked_sampling(SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p))
+    from ponder.api import check_options
+    from ponder.search.scaling import get_strategy
+
+    options = _strategy_options(args)
+    check_options(args.strategy, get_strategy(args.strategy), args.decoder, options)
     _quiet_transformers()
     model = ponder.load(args.modality, args.model, trust_remote_code=args.trust_remote_code)
     result = ponder.generate(
         model, args.prompt, strategy=args.strategy, n=args.n, verifier=args.verifier, decoder=args.decoder,
         draft=args.draft, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop,
+        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, calibrate=args.calibrate, **options,
     )
     payload = result.to_dict()
     if args.out is not None:

@@ -17,6 +17,7 @@ import torch
 
 from ponder.errors import InputError, ModelLoadError
 from ponder.kernels import KVCache
+from ponder.modalities.text.answers import extract_answer
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -202,6 +203,18 @@ class TextModel:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # ---- what step-level search and voting need -----------------------------------------------
+
+    step_delimiter = "\n"  # a step (what a process verifier scores) is one line
+
+    def is_step_end(self, ids: Sequence[int]) -> bool:
+        """Whether the step made of `ids` has ended: it holds a newline after some text."""
+        return self.step_delimiter in self.decode(ids).lstrip()  # leading blank lines are not a step
+
+    def extract_answer(self, output: str) -> str | None:
+        """The final answer stated in `output` (for voting); see `ponder.modalities.text.answers`."""
+        return extract_answer(output)
 
     def new_cache(self, capacity: int = 256):
         return text_cache_class()(self.num_layers, capacity=capacity)

@@ -57,6 +57,13 @@ class Compute:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
+    def add_work(self, other: Compute) -> Compute:
+        """Add everything but `seconds`: for nested work already inside this compute's `timed()`."""
+        seconds = self.seconds
+        self += other
+        self.seconds = seconds
+        return self
+
     def __add__(self, other: Compute) -> Compute:
         out = dataclasses.replace(self)
         out += other

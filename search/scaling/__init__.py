@@ -1,6 +1,10 @@
 """Scaling strategies: one signature, each returns a `Result`.
 
 ``strategy(model, prompt, verifier, *, n, seed=0, **options) -> Result``
+
+Names (CLI ``--strategy`` and ``ponder.generate(strategy=...)``; ``_`` and ``-`` are the same):
+sample, best-of-n, weighted-best-of-n, worst-of-n, self-consistency, rpc, beam, dvts, diverse-beam,
+particles, compute-optimal, adaptive.
 """
 
 from __future__ import annotations
@@ -8,15 +12,39 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ponder.search.core import lookup
+from ponder.search.scaling.adaptive import adaptive
+from ponder.search.scaling.beam_search import beam_search
+from ponder.search.scaling.best_of_n import best_of_n, coverage, pass_at_k, weighted_best_of_n, worst_of_n
+from ponder.search.scaling.compute_optimal import compute_optimal
+from ponder.search.scaling.diverse_beam import diverse_beam
+from ponder.search.scaling.dvts import dvts
+from ponder.search.scaling.particle_filter import particle_filter
+from ponder.search.scaling.rpc import rpc
 from ponder.search.scaling.sample import sample
+from ponder.search.scaling.self_consistency import self_consistency
 
 STRATEGIES: dict[str, Callable] = {
     "sample": sample,
+    "best-of-n": best_of_n,
+    "weighted-best-of-n": weighted_best_of_n,
+    "worst-of-n": worst_of_n,
+    "self-consistency": self_consistency,
+    "rpc": rpc,
+    "beam": beam_search,
+    "dvts": dvts,
+    "diverse-beam": diverse_beam,
+    "particles": particle_filter,
+    "compute-optimal": compute_optimal,
+    "adaptive": adaptive,
 }
+# strategies that read partial outputs step by step (they need a process verifier)
+STEP_STRATEGIES = ("beam", "dvts", "diverse-beam", "particles")
 
 
 def get_strategy(name: str) -> Callable:
-    return lookup(STRATEGIES, "strategy", name)
+    return lookup(STRATEGIES, "strategy", name.replace("_", "-") if isinstance(name, str) else name)
 
 
-__all__ = ["STRATEGIES", "get_strategy", "sample"]
+__all__ = ["STEP_STRATEGIES", "STRATEGIES", "adaptive", "beam_search", "best_of_n", "compute_optimal", "coverage",
+           "diverse_beam", "dvts", "get_strategy", "pass_at_k", "particle_filter", "rpc", "sample",
+           "self_consistency", "weighted_best_of_n", "worst_of_n"]

@@ -62,7 +62,7 @@ def decode_candidates(
     generators = candidate_generators(seed, indices)
     decoded = decode_fn(model, [prompt_ids] * len(indices), sampling=sampling, max_new_tokens=max_new_tokens,
                         generators=generators, stop=stop, stream=stream, draft=draft, **decoder_options)
-    compute += decoded.compute
+    compute.add_work(decoded.compute)
     candidates = []
     for row, index in enumerate(indices):
         candidates.append(Candidate(
@@ -101,3 +101,42 @@ def score_candidates(verifier: Verifier | None, prompt: Any, candidates: list[Ca
     for c, s in zip(candidates, scores.tolist()):
         c.score = float(s)
     return scores
+
+
+def require_verifier(verifier: Verifier | None, strategy: str) -> Verifier:
+    if verifier is None:
+        raise ConfigError(f"strategy {strategy!r} selects by a verifier; pass one (e.g. --verifier orm)")
+    return verifier
+
+
+def answer_function(model, answer_fn: Callable | None = None) -> Callable[[Any], Any]:
+    """How to read a final answer from an output: `answer_fn`, else the model's `extract_answer`."""
+    fn = answer_fn or getattr(model, "extract_answer", None)
+    if fn is None:
+        raise ConfigError(f"voting needs final answers: {type(model).__name__} has no extract_answer; "
+                          "pass answer_fn=")
+    return fn
+
+
+def check_threshold(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def finish(best: Candidate | None, candidates: list[Candidate], compute: Compute, config: dict,
+           abstain_below: float | None = None):
+    """The `Result`, abstaining (best=None) when the best score is below `abstain_below`
+    (Inference Scaling fLaws: with an imperfect verifier, returning nothing can beat a likely false
+    positive)."""
+    from ponder.search.core import Result
+
+    abstain_below = check_threshold("abstain_below", abstain_below)
+    if abstain_below is not None:
+        config["abstain_below"] = abstain_below
+        if best is not None and (best.score is None or best.score < abstain_below):
+            config["abstained"] = True
+            best = None
+    return Result(best=best, candidates=candidates, compute=compute, config=config)
