@@ -1,4 +1,4 @@
-"""The `ponder` command line: generate, zoo, bench (demo and render arrive with their issues).
+"""The `ponder` command line: generate, zoo, bench, render (batch jobs), demo (Gradio).
 
 Bad input prints one line on stderr and exits 2 (a traceback only with ``--debug``).
 """
@@ -118,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run; figures are noisier)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--plot", type=Path, default=None, help="write the PNGs the bench draws here")
+
+    render = sub.add_parser("render", help="render a batch job (prompts x seeds x strategies); resumable")
+    render.add_argument("job", type=Path, help="job file: YAML (defaults, matrix, items) or JSONL (one item a line)")
+    render.add_argument("--out", type=Path, required=True, help="output folder (manifest.jsonl + one folder per item)")
+    render.add_argument("--backend", default="local", help="local | ray (default: local)")
+    render.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    render.add_argument("--workers", type=_positive_int, default=None, help="Ray actors (default: one per CPU)")
+    render.add_argument("--num-gpus", type=float, default=0.0, help="GPUs each Ray actor reserves (default: 0)")
+    render.add_argument("--retries", type=int, default=1, help="extra tries for an item that fails (default: 1)")
+    render.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads per worker (default: torch's choice locally, 1 per Ray actor CPU)")
+    render.add_argument("--dry-run", action="store_true", help="print the expanded plan and its size; write nothing")
+    render.add_argument("--json", action="store_true", help="print the summary (or plan) as one JSON object")
+    render.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser("demo", help="open the Gradio demo")
+    demo.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    demo.add_argument("--port", type=_positive_int, default=7860)
+    demo.add_argument("--concurrency", type=_positive_int, default=1, help="generations at a time (default: 1)")
     return parser
 
 
@@ -244,10 +263,36 @@ def cmd_bench(args) -> int:
     return 0 if all(g["met"] for rep in reports for g in rep["goals"]) else 1
 
 
+def cmd_render(args) -> int:
+    from ponder import jobs
+
+    job = jobs.load_job(args.job)  # a malformed job fails here, before anything is written
+    if args.dry_run:
+        plan = jobs.plan_dict(job, args.out)
+        print(json.dumps(plan) if args.json else jobs.format_plan(plan))
+        return 0
+    if args.retries < 0:
+        raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
+    summary = jobs.run_job(job, args.out, backend=args.backend, retries=args.retries, address=args.address,
+                           workers=args.workers, num_gpus=args.num_gpus, threads=args.threads,
+                           progress=not args.no_progress)
+    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+    return 1 if summary.failed else 0
+
+
+def cmd_demo(args) -> int:
+    import importlib
+
+    # demos sit above sdk in the import order: the CLI reaches the app by name, on demand
+    app = importlib.import_module("ponder.demos.app")
+    app.launch(host=args.host, port=args.port, concurrency=args.concurrency)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"generate": cmd_generate, "zoo": cmd_zoo, "bench": cmd_bench}
+    handlers = {"generate": cmd_generate, "zoo": cmd_zoo, "bench": cmd_bench, "render": cmd_render, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except PonderError as err:

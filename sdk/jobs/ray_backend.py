@@ -1,0 +1,94 @@
+"""The Ray backend: one model-holding actor per worker; results stream back to the driver.
+
+Each actor is a `Worker` (the same code the local backend runs), reserving `num_cpus` and
+`num_gpus`. Items go out in model order, a few at a time per actor, so an actor keeps its model
+loaded across consecutive items; the driver writes every file and the manifest as results arrive.
+Needs the ``ray`` extra (``pip install 'ponder[ray]'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ponder.errors import ConfigError
+from ponder.jobs.spec import Item
+from ponder.jobs.worker import Outcome, Worker
+
+IN_FLIGHT_PER_ACTOR = 2  # one rendering, one queued: the actor never waits on the driver
+
+
+class _RenderActor:
+    """Ray actor body: a `Worker` that lives as long as the job."""
+
+    def __init__(self, threads: int | None):
+        self.worker = Worker(threads=threads)
+
+    def render(self, spec: dict, config_hash: str, retries: int) -> Outcome:
+        return self.worker.render(spec, config_hash, retries)
+
+    def loads(self) -> int:
+        return self.worker.cache.loads
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'ponder[ray]'") from None
+    return ray
+
+
+def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None, workers: int | None = None,
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None) -> Iterator[Outcome]:
+    """Render `items` on Ray actors; yield each `Outcome` as it completes.
+
+    Uses the Ray runtime this process already joined, else joins `address`, else starts a local
+    one (stopped again at the end).
+    """
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except ConnectionError as err:
+            raise ConfigError(f"cannot reach a Ray cluster at {address!r}: {err}") from None
+        started = True
+    actors = []
+    try:
+        if not items:
+            return
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+        count = workers or max(1, int(cluster_cpus // num_cpus))
+        count = min(count, len(items))
+        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_RenderActor)
+        threads = threads or max(1, int(num_cpus))
+        actors = [actor_cls.remote(threads) for _ in range(count)]
+        queue = list(reversed(items))  # pop() hands out items in model order
+        pending: dict = {}  # object ref -> (actor slot, actor, item)
+
+        def submit(slot: int) -> None:
+            item = queue.pop()
+            actor = actors[slot]
+            pending[actor.render.remote(item.spec(), item.config_hash, retries)] = (slot, actor, item)
+
+        for _ in range(IN_FLIGHT_PER_ACTOR):
+            for slot in range(len(actors)):
+                if queue:
+                    submit(slot)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            slot, actor, item = pending.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except ray.exceptions.RayError as err:  # the actor died (out of memory, a crash in native code)
+                outcome = Outcome(item.id, item.config_hash, error=f"Ray worker failed: {type(err).__name__}")
+                if isinstance(err, ray.exceptions.RayActorError) and actors[slot] is actor:
+                    actors[slot] = actor_cls.remote(threads)
+            if queue:
+                submit(slot)
+            yield outcome
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started:
+            ray.shutdown()

@@ -1,0 +1,208 @@
+"""The driver of a job: decide what is left, hand items to a backend, write what comes back.
+
+The driver alone writes: each outcome's files go into the item's folder atomically, then one line
+goes into ``manifest.jsonl``. Backends only render (the local one in this process, the Ray one in
+model-holding actors), so both give the same bytes for the same items and seeds, and resume works
+the same whichever backend wrote the folder before.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ponder.errors import ConfigError
+from ponder.jobs.spec import Item, Job
+from ponder.jobs.store import OutputDir
+from ponder.jobs.worker import Outcome, Worker
+
+BACKENDS = ("local", "ray")
+COMPUTE_FIELDS = ("model_calls", "draft_calls", "tokens", "nfe", "verifier_calls", "seconds")
+
+
+@dataclass
+class Summary:
+    """How a run went: counts, the failures, compute totals, wall time."""
+
+    job: str
+    out: str
+    backend: str
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[dict] = field(default_factory=list)  # {"id", "error"}
+    compute: dict = field(default_factory=lambda: dict.fromkeys(COMPUTE_FIELDS, 0))
+    seconds: float = 0.0
+
+    @property
+    def items_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"job": self.job, "out": self.out, "backend": self.backend, "total": self.total, "done": self.done,
+                "skipped": self.skipped, "failed": self.failed, "failures": self.failures,
+                "compute": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.compute.items()},
+                "seconds": round(self.seconds, 3), "items_per_second": round(self.items_per_second, 3)}
+
+    def format(self) -> str:
+        c = self.compute
+        lines = [f"{self.job}: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} "
+                 f"in {self.seconds:.1f}s ({self.items_per_second:.2f} items/s, backend {self.backend}) -> {self.out}",
+                 f"compute: {c['model_calls']} model calls, {c['draft_calls']} draft calls, {c['tokens']} tokens, "
+                 f"{c['nfe']} denoiser evals, {c['verifier_calls']} verifier calls, {c['seconds']:.1f}s in generate"]
+        for failure in self.failures[:10]:
+            lines.append(f"failed {failure['id']}: {failure['error']}")
+        if len(self.failures) > 10:
+            lines.append(f"... and {len(self.failures) - 10} more failures (see manifest.jsonl)")
+        return "\n".join(lines)
+
+
+def plan(job: Job, out: str | Path) -> tuple[list[Item], list[Item]]:
+    """(items left to render, items already done in `out`), without writing anything."""
+    folder = OutputDir(out)
+    entries = folder.read_manifest()
+    todo, done = [], []
+    for item in job.items:
+        (done if folder.is_done(entries.get(item.id), item.config_hash) else todo).append(item)
+    return todo, done
+
+
+def plan_dict(job: Job, out: str | Path) -> dict:
+    """The expanded plan as JSON: every item with its config hash and whether `out` has it done."""
+    todo, done = plan(job, out)
+    done_ids = {item.id for item in done}
+    models: dict[str, int] = {}
+    for item in job.items:
+        models[f"{item.modality}:{item.model}"] = models.get(f"{item.modality}:{item.model}", 0) + 1
+    return {"job": job.name, "source": job.source, "out": str(out), "items": len(job), "to_render": len(todo),
+            "already_done": len(done), "candidates": sum(item.n for item in todo), "models": models,
+            "plan": [{**item.spec(), "config_hash": item.config_hash, "done": item.id in done_ids}
+                     for item in job.items]}
+
+
+def format_plan(plan: dict, limit: int = 50) -> str:
+    """`plan_dict` as lines a person reads: one per item, then the totals."""
+    lines = []
+    for row in plan["plan"][:limit]:
+        state = "done" if row["done"] else "todo"
+        verifier = row["verifier"] or "-"
+        prompt = " ".join(row["prompt"].split())
+        prompt = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+        lines.append(f"{state}  {row['id']:<32} {row['model']:<14} {row['strategy']:<16} n={row['n']:<3} "
+                     f"seed={row['seed']:<4} verifier={verifier:<8} {prompt!r}")
+    if len(plan["plan"]) > limit:
+        lines.append(f"... and {len(plan['plan']) - limit} more items")
+    models = ", ".join(f"{name} ({count})" for name, count in plan["models"].items())
+    lines.append(f"{plan['job']}: {plan['items']} items ({plan['to_render']} to render, {plan['already_done']} "
+                 f"already done in {plan['out']}), {plan['candidates']} candidates to generate; models: {models}")
+    return "\n".join(lines)
+
+
+def _grouped(items: list[Item]) -> list[Item]:
+    """Items of one model together (first appearance order), so a worker loads each model once."""
+    first: dict[tuple[str, str], int] = {}
+    for item in items:
+        first.setdefault(item.model_key, len(first))
+    return sorted(items, key=lambda item: first[item.model_key])
+
+
+def local_outcomes(items: list[Item], retries: int, threads: int | None = None) -> Iterator[Outcome]:
+    """Render `items` one after another in this process, with one model loaded at a time."""
+    worker = Worker(threads=threads)
+    for item in items:
+        yield worker.render(item.spec(), item.config_hash, retries)
+
+
+def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int = 1, address: str | None = None,
+            workers: int | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None,
+            progress: bool = True, stream: TextIO | None = None) -> Summary:
+    """Render every item of `job` not already done under `out`; return the `Summary`.
+
+    Args:
+        job: from `load_job`.
+        out: the output folder (created if needed); nothing is written outside it.
+        backend: "local" (this process) or "ray" (one model-holding actor per worker).
+        retries: extra tries for an item that fails unexpectedly (or whose files fail to write).
+        address: Ray cluster address (default: the running Ray, else a local one).
+        workers: Ray actors (default: the cluster's CPUs / `num_cpus`).
+        num_cpus, num_gpus: what each Ray actor reserves.
+        threads: torch threads per worker (default: torch's choice locally, `num_cpus` on Ray).
+        progress: draw a progress bar with ETA on `stream`.
+        stream: where the progress bar goes (default stderr).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
+    if workers is not None and workers <= 0:
+        raise ConfigError(f"workers must be a positive integer, got {workers}")
+    if num_gpus < 0 or num_cpus <= 0:
+        raise ConfigError(f"num_cpus must be > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
+    stream = stream or sys.stderr
+    start = time.perf_counter()
+    summary = Summary(job=job.name, out=str(out), backend=backend, total=len(job))
+    with OutputDir(out) as folder:
+        entries = folder.read_manifest()
+        todo = [item for item in job.items if not folder.is_done(entries.get(item.id), item.config_hash)]
+        summary.skipped = len(job) - len(todo)
+        todo = _grouped(todo)
+        by_id = {item.id: item for item in todo}
+        if backend == "ray":
+            from ponder.jobs.ray_backend import ray_outcomes
+
+            outcomes = ray_outcomes(todo, retries, address=address, workers=workers, num_cpus=num_cpus,
+                                    num_gpus=num_gpus, threads=threads)
+        else:
+            outcomes = local_outcomes(todo, retries, threads=threads)
+        bar = _progress(len(job), summary.skipped, progress, stream)
+        try:
+            for outcome in outcomes:
+                _record(folder, by_id[outcome.id], outcome, retries, summary)
+                bar.update(1)
+                if summary.failed:
+                    bar.set_postfix(failed=summary.failed, refresh=False)
+        finally:
+            bar.close()
+            close = getattr(outcomes, "close", None)
+            if close is not None:
+                close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _progress(total: int, initial: int, enabled: bool, stream: TextIO):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="item", file=stream, disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _record(folder: OutputDir, item: Item, outcome: Outcome, retries: int, summary: Summary) -> None:
+    """Write an outcome's files (retrying a failed write), then its manifest line."""
+    entry = {"id": item.id, "config_hash": item.config_hash, "attempts": outcome.attempts,
+             "compute": {**outcome.compute, "seconds": round(outcome.seconds, 6)} if outcome.files is not None
+             else {}, "files": {}, "status": "failed", "error": outcome.error}
+    if outcome.files is not None:
+        for write_try in range(retries + 1):
+            try:
+                entry["files"] = folder.write_item(item.id, outcome.files)
+                entry.update(status="done", error=None)
+                break
+            except OSError as err:
+                entry["error"] = f"cannot write the item's files: {err.strerror or err}" + (
+                    f" ({err.filename})" if getattr(err, "filename", None) else "")
+                entry["attempts"] = outcome.attempts + write_try  # a rewrite of the same bytes is a retry
+    if entry["status"] == "done":
+        summary.done += 1
+        for name in COMPUTE_FIELDS:
+            summary.compute[name] += entry["compute"].get(name, 0)
+    else:
+        folder.remove_item(item.id)  # a failed item leaves no half folder
+        summary.failed += 1
+        summary.failures.append({"id": item.id, "error": entry["error"]})
+    folder.append(entry)

@@ -1,0 +1,154 @@
+"""What one worker does: hold a model loaded across items and render items into file bytes.
+
+A worker (the local process, or one Ray actor) keeps the model of the items it is rendering loaded,
+with the verifiers and draft models those items name, and drops them when the items move on to the
+next model (items arrive grouped by model, so each model loads once per worker). A model that fails
+to load is remembered, so the rest of its items fail at once with the same error.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from ponder.errors import ModelLoadError, PonderError
+
+
+@dataclass
+class Outcome:
+    """What rendering one item gave: its files, or the error that stopped it."""
+
+    id: str
+    config_hash: str
+    files: dict[str, bytes] | None = None  # file name -> bytes, when it rendered
+    compute: dict = field(default_factory=dict)
+    error: str | None = None  # one line, when it failed
+    attempts: int = 1
+    seconds: float = 0.0
+
+
+class ModelCache:
+    """The models, verifiers and drafts a worker has loaded, for one (modality, model) at a time."""
+
+    def __init__(self, load=None, load_verifier=None):
+        from ponder import api
+
+        self._load = load or api.load
+        self._load_verifier = load_verifier or api.load_verifier
+        self.key: tuple[str, str] | None = None
+        self.model: Any = None
+        self.error: PonderError | None = None
+        self.verifiers: dict[str, Any] = {}
+        self.drafts: dict[str, Any] = {}
+        self.loads = 0  # models loaded so far (tests pin "once per worker")
+
+    def model_for(self, modality: str, spec: str):
+        """The loaded model for (modality, spec), loading it (once) if the worker holds another."""
+        key = (modality, spec)
+        if key != self.key:
+            self.key, self.model, self.error = key, None, None
+            self.verifiers.clear()
+            self.drafts.clear()
+            self.loads += 1
+            try:
+                self.model = self._load(modality, spec)
+            except PonderError as err:
+                self.error = err
+            except Exception as err:  # a broken folder fails in transformers with many error types
+                self.error = ModelLoadError(f"cannot load {modality} model {spec!r}: {type(err).__name__}: {err}")
+        if self.error is not None:
+            raise self.error
+        return self.model
+
+    def verifier_for(self, modality: str, spec: str, model):
+        if spec not in self.verifiers:
+            self.verifiers[spec] = self._load_verifier(modality, spec, model=model)
+        return self.verifiers[spec]
+
+    def draft_for(self, modality: str, spec: str):
+        if spec not in self.drafts:
+            self.drafts[spec] = self._load(modality, spec)
+        return self.drafts[spec]
+
+
+def _quiet_loaders() -> None:
+    """No weight-loading progress bars from transformers over the job's own progress bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    name = "" if isinstance(err, PonderError) else f"{type(err).__name__}: "
+    return (name + text)[:500] or type(err).__name__
+
+
+class Worker:
+    """Renders items one by one, keeping models loaded between them."""
+
+    def __init__(self, cache: ModelCache | None = None, threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        _quiet_loaders()
+        self.cache = cache or ModelCache()
+
+    def generate(self, spec: dict):
+        """The `Result` of one item spec (a dict of `Item` fields)."""
+        import ponder
+
+        modality = spec["modality"]
+        model = self.cache.model_for(modality, spec["model"])
+        options = dict(spec["options"])
+        verifier = spec["verifier"]
+        if verifier is not None:
+            verifier = self.cache.verifier_for(modality, verifier, model)
+        if isinstance(options.get("draft"), str):
+            options["draft"] = self.cache.draft_for(modality, options["draft"])
+        return ponder.generate(model, spec["prompt"], strategy=spec["strategy"], n=spec["n"], verifier=verifier,
+                               decoder=spec["decoder"], seed=spec["seed"], **options)
+
+    def render(self, spec: dict, config_hash: str, retries: int = 0) -> Outcome:
+        """Render one item into its files, retrying unexpected errors up to `retries` times.
+
+        A `PonderError` (a model that does not load, a prompt the model rejects) is the same on
+        every try, so it fails the item at once; anything else (an out-of-memory, a flaky file
+        system) is tried again.
+        """
+        from ponder.jobs.outputs import result_files
+
+        start = time.perf_counter()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = self.generate(spec)
+                files = result_files(spec, result)
+                return Outcome(spec["id"], config_hash, files=files, compute=result.compute.to_dict(),
+                               attempts=attempts, seconds=time.perf_counter() - start)
+            except PonderError as err:
+                return Outcome(spec["id"], config_hash, error=_one_line(err), attempts=attempts,
+                               seconds=time.perf_counter() - start)
+            except Exception as err:
+                if attempts > retries:
+                    return Outcome(spec["id"], config_hash, error=_one_line(err) + _where(err), attempts=attempts,
+                                   seconds=time.perf_counter() - start)
+
+    def render_batch(self, batch: list[tuple[dict, str]], retries: int = 0) -> list[Outcome]:
+        return [self.render(spec, config_hash, retries) for spec, config_hash in batch]
+
+
+def _where(err: BaseException) -> str:
+    """` (at file:line)` of the innermost frame, so an unexpected failure can be found."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})"
