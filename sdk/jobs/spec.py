@@ -31,12 +31,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from ponder.errors import ConfigError, PonderError
 
@@ -46,6 +47,7 @@ ITEM_FIELDS = ("modality", "model", "prompt", "strategy", "n", "verifier", "deco
 # options `ponder.generate` takes itself; the rest must be options of the strategy or the decoder
 GENERATE_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "stop", "draft", "calibrate")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,119}$")
+MAX_ITEMS = 100_000  # beyond this a job file is a mistake (or should be several jobs)
 RESERVED_IDS = frozenset({"manifest.jsonl"})  # names the output folder uses itself
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,23}$")
 
@@ -95,6 +97,16 @@ class Item(BaseModel):
     decoder: StrictStr = "plain"
     seed: StrictInt = 0
     options: dict[StrictStr, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _plain_json(cls, options: dict) -> dict:
+        try:  # what the manifest, result.json and the config hash must hold
+            json.dumps(options, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"options must hold plain JSON values (numbers, strings, lists, mappings): {err}") \
+                from None
+        return options
 
     def spec(self) -> dict:
         """The item as plain JSON types, id first."""
@@ -221,6 +233,8 @@ def parse_job(data: Any, source: str = "job") -> Job:
     items: list[Item] = []
     for position, raw_item in enumerate(raw.items, 1):
         items.extend(_expand(source, raw, raw_item, position))
+        if len(items) > MAX_ITEMS:
+            raise ConfigError(f"{source}: the job expands to more than {MAX_ITEMS} items; split it into several files")
     seen: dict[str, int] = {}
     for item in items:
         if item.id in RESERVED_IDS:
@@ -265,6 +279,10 @@ def _expand(source: str, job: _RawJob, raw: _RawItem, position: int) -> list[Ite
     base_options.update(set_fields.get("options") or {})
     base_id = raw.id or f"item-{position:04d}"
     fields = list(matrix)
+    size = math.prod(len(v) for v in matrix.values())
+    if size > MAX_ITEMS:
+        raise ConfigError(f"{source}: {label}: the matrix expands to {size} items; a job file holds at most "
+                          f"{MAX_ITEMS}")
     out = []
     for combo in itertools.product(*(list(enumerate(matrix[f])) for f in fields)):
         values = dict(base)
