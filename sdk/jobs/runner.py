@@ -114,8 +114,11 @@ def _grouped(items: list[Item]) -> list[Item]:
 def local_outcomes(items: list[Item], retries: int, threads: int | None = None) -> Iterator[Outcome]:
     """Render `items` one after another in this process, with one model loaded at a time."""
     worker = Worker(threads=threads)
-    for item in items:
-        yield worker.render(item.spec(), item.config_hash, retries)
+    try:
+        for item in items:
+            yield worker.render(item.spec(), item.config_hash, retries)
+    finally:
+        worker.close()
 
 
 def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int = 1, address: str | None = None,

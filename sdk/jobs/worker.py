@@ -73,7 +73,7 @@ class ModelCache:
         return self.drafts[spec]
 
 
-def _quiet_loaders() -> None:
+def quiet_loaders() -> None:
     """No weight-loading progress bars from transformers over the job's own progress bar."""
     try:
         from transformers.utils import logging as hf_logging
@@ -93,12 +93,22 @@ class Worker:
     """Renders items one by one, keeping models loaded between them."""
 
     def __init__(self, cache: ModelCache | None = None, threads: int | None = None):
+        self._threads_before = None
         if threads:
             import torch
 
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
-        _quiet_loaders()
+        quiet_loaders()
         self.cache = cache or ModelCache()
+
+    def close(self) -> None:
+        """Give back the torch thread count this worker changed (the local worker shares its process)."""
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def generate(self, spec: dict):
         """The `Result` of one item spec (a dict of `Item` fields)."""
