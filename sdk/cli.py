@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--num-gpus", type=float, default=0.0, help="GPUs each Ray actor reserves (default: 0)")
     render.add_argument("--retries", type=int, default=1, help="extra tries for an item that fails (default: 1)")
     render.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch threads per worker (default: torch's choice locally, 1 per Ray actor CPU)")
+                        help="torch threads per worker (default: 1; raise it for one large model on idle cores)")
     render.add_argument("--dry-run", action="store_true", help="print the expanded plan and its size; write nothing")
     render.add_argument("--json", action="store_true", help="print the summary (or plan) as one JSON object")
     render.add_argument("--no-progress", action="store_true", help="no progress bar")
