@@ -88,3 +88,16 @@ def test_rerender_of_a_step_strategy_reruns_the_search():
     assert "re-ran the whole beam search" in info and "identical to the original: yes" in info
     with pytest.raises(ConfigError, match="row number from 0 to 1"):
         session.rerender(payload, 5)
+
+
+def test_a_new_modality_gets_its_own_tab_without_touching_the_app(monkeypatch):
+    from ponder import api
+    from ponder.demos.app import build_app
+
+    monkeypatch.setattr(api, "MODALITIES", ("text", "toy"))
+    app = build_app()
+    config = app.get_config_file()
+    tabs = [c["props"].get("label") for c in config["components"] if c.get("type") == "tabitem"]
+    assert tabs == ["Text", "Toy"]
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert {"generate_text", "generate_toy", "rerender_toy"} <= names

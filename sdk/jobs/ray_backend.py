@@ -30,7 +30,7 @@ class _RenderActor:
         return self.worker.cache.loads
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
     except ImportError:
@@ -45,7 +45,7 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
     Uses the Ray runtime this process already joined, else joins `address`, else starts a local
     one (stopped again at the end).
     """
-    ray = _import_ray()
+    ray = import_ray()
     started = False
     if not ray.is_initialized():
         try:

@@ -149,6 +149,10 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         raise ConfigError(f"workers must be a positive integer, got {workers}")
     if num_gpus < 0 or num_cpus <= 0:
         raise ConfigError(f"num_cpus must be > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
+    if backend == "ray":
+        from ponder.jobs.ray_backend import import_ray
+
+        import_ray()  # a missing extra fails before --out is touched
     stream = stream or sys.stderr
     threads = threads or max(1, int(num_cpus))
     start = time.perf_counter()
