@@ -54,7 +54,7 @@ class Summary:
         lines = [f"{self.job}: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} "
                  f"in {self.seconds:.1f}s ({self.items_per_second:.2f} items/s, backend {self.backend}) -> {self.out}",
                  f"compute: {c['model_calls']} model calls, {c['draft_calls']} draft calls, {c['tokens']} tokens, "
-                 f"{c['nfe']} denoiser evals, {c['verifier_calls']} verifier calls, {c['seconds']:.1f}s in generate"]
+                 f"{c['nfe']} denoiser evals, {c['verifier_calls']} verifier calls, {c['seconds']:.1f}s in items"]
         for failure in self.failures[:10]:
             lines.append(f"failed {failure['id']}: {failure['error']}")
         if len(self.failures) > 10:
