@@ -84,6 +84,18 @@ def _hf_cache_classes():
             if self.attention_mask is not None:
                 self.attention_mask = self.attention_mask[:, :length]
 
+        def hide(self, hidden: torch.Tensor) -> None:
+            """Per-row rollback: positions marked in `hidden` [B, length] (bool) are never attended
+            to again and no longer count toward later tokens' positions — a row's rejected draft
+            tokens become holes, as if never fed, while other rows keep theirs (shared length)."""
+            if tuple(hidden.shape) != (self.store.batch_size, self.length):
+                raise ValueError(f"hide takes a [B, length] mask of shape {(self.store.batch_size, self.length)}, "
+                                 f"got {tuple(hidden.shape)}")
+            mask = self.attention_mask
+            if mask is None:
+                mask = torch.ones(tuple(hidden.shape), dtype=torch.long, device=self.store.keys(0).device)
+            self.attention_mask = mask.masked_fill(hidden.to(mask.device), 0)
+
         def reorder(self, index: torch.Tensor) -> None:
             """Keep / duplicate rows: row j becomes old row index[j]. index: [B']"""
             self.store.reorder(index)

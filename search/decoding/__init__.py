@@ -10,9 +10,13 @@ from collections.abc import Callable
 
 from ponder.search.core import lookup
 from ponder.search.decoding.plain import plain
+from ponder.search.decoding.prompt_lookup import prompt_lookup
+from ponder.search.decoding.speculative import speculative
 
 DECODERS: dict[str, Callable] = {
     "plain": plain,
+    "speculative": speculative,
+    "prompt-lookup": prompt_lookup,
 }
 
 
@@ -20,4 +24,4 @@ def get_decoder(name: str) -> Callable:
     return lookup(DECODERS, "decoder", name)
 
 
-__all__ = ["DECODERS", "get_decoder", "plain"]
+__all__ = ["DECODERS", "get_decoder", "plain", "prompt_lookup", "speculative"]
