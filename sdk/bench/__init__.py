@@ -39,6 +39,18 @@ def _text_verifiers(**kw):
     return run(**kw)
 
 
+def _text_scaling(**kw):
+    from ponder.bench.text_scaling import run
+
+    return run(**kw)
+
+
+def _speculative(**kw):
+    from ponder.bench.speculative import run
+
+    return run(**kw)
+
+
 BENCHES: dict[str, BenchSpec] = {
     "text-overhead": BenchSpec("ponder plain decoding vs HF generate on zoo:arith (tokens/s ratio, goal >= 0.9)",
                                _text_overhead),
@@ -46,6 +58,10 @@ BENCHES: dict[str, BenchSpec] = {
                           _text_zoo),
     "text-verifiers": BenchSpec("zoo orm / prm on arith samples: AUROC and best-of-8 pick vs a random sample",
                                 _text_verifiers),
+    "text-scaling": BenchSpec("accuracy vs N, tokens and wall time for every scaling strategy on arith "
+                              "(writes JSON + PNG; goal: best-of-16 <= 3x one sample)", _text_scaling),
+    "speculative": BenchSpec("speculative / prompt lookup vs plain decoding and HF assisted generation / prompt "
+                             "lookup on zoo:arith (goals: >= 2.0x plain at T=0, >= 1.3x HF assisted)", _speculative),
 }
 
 
@@ -74,13 +90,21 @@ def goal(name: str, target: str, value: float, met: bool) -> dict:
 
 
 def format_report(report: dict) -> str:
+    """A plain-text table of the rows (columns sized to fit; missing values blank) and the goals."""
     lines = [f"== {report['bench']} on {report['machine']}"]
-    if report["rows"]:
-        keys = list(report["rows"][0])
-        lines.append("  ".join(f"{k:>14}" for k in keys))
-        for row in report["rows"]:
-            lines.append("  ".join(f"{row.get(k, ''):>14}" if not isinstance(row.get(k), float)
-                                   else f"{row[k]:>14.4g}" for k in keys))
+    rows = report["rows"]
+    if rows:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+
+        def cell(value) -> str:
+            if value is None:
+                return ""
+            return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+        cells = [[cell(row.get(k)) for k in keys] for row in rows]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        lines.append("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     for g in report["goals"]:
         lines.append(f"goal {g['name']}: {g['value']} (target {g['target']}) -> {'MET' if g['met'] else 'NOT MET'}")
     return "\n".join(lines)

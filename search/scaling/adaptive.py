@@ -28,6 +28,7 @@ from ponder.search.scaling.common import (
     finish,
     score_candidates,
 )
+from ponder.search.scaling.self_consistency import majority_pick
 from ponder.search.scaling.steps import check_positive_int
 
 
@@ -73,11 +74,7 @@ def adaptive(model, prompt: Any, verifier: Verifier | None = None, *, n: int, se
     if verifier is not None:
         best = max(candidates, key=lambda c: (c.score, -c.meta["index"]))
     else:
-        winner, votes = vote_by_answer(candidates, answers, [1.0] * len(candidates))
-        for c, a in zip(candidates, answers):
-            c.meta["answer"] = a
-            c.score = votes[a] / len(candidates) if a is not None else 0.0
-        best = next((c for c, a in zip(candidates, answers) if a == winner), candidates[0])
+        best, _ = majority_pick(candidates, extract)
     config.update({"strategy": "adaptive", "verifier": getattr(verifier, "name", None), "confidence": confidence,
                    "samples_used": len(candidates)})
     return finish(best, candidates, compute, config, abstain_below)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.search.core import Compute, Result, Verifier
+from ponder.search.core import Candidate, Compute, Result, Verifier
 from ponder.search.scaling.best_of_n import vote_by_answer
 from ponder.search.scaling.common import answer_function, decode_candidates, finish, score_candidates
 
@@ -58,6 +58,28 @@ def prune_mask(probs: Sequence[float], min_gap: float) -> list[bool]:
     return [p >= cut for p in probs]
 
 
+def rpc_pick(candidates: list[Candidate], extract: Callable, *, prune: bool = True, min_gap: float = 0.05
+             ) -> tuple[Candidate, dict, list[bool]]:
+    """RPC's choice among decoded candidates (module rule); sets answer, path probability, pruned
+    and score in each candidate's meta. Returns (best, total per answer, kept flags)."""
+    probs = [math.exp(c.meta["logprob"] / max(1, c.meta["num_tokens"])) for c in candidates]
+    kept = prune_mask(probs, min_gap) if prune else [True] * len(candidates)
+    answers = [extract(c.output) for c in candidates]
+    seen: set[Any] = set()
+    weights = []
+    for c, p, k in zip(candidates, probs, kept):
+        distinct = k and c.output not in seen
+        seen.add(c.output)
+        weights.append(p if distinct else 0.0)
+    winner, totals = vote_by_answer(candidates, [a if k else None for a, k in zip(answers, kept)], weights)
+    total = sum(totals.values()) or 1.0
+    for c, a, p, k in zip(candidates, answers, probs, kept):
+        c.meta.update({"answer": a, "path_probability": p, "pruned": not k})
+        c.score = totals.get(a, 0.0) / total if a is not None else 0.0
+    pool = [(p, c) for c, a, p in zip(candidates, answers, probs) if a == winner and winner is not None]
+    return (max(pool, key=lambda pc: pc[0])[1] if pool else candidates[0]), totals, kept
+
+
 def rpc(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,
         answer_fn: Callable | None = None, prune: bool = True, min_gap: float = 0.05,
         abstain_below: float | None = None, **options) -> Result:
@@ -73,27 +95,12 @@ def rpc(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: i
     with compute.timed():
         candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
         verifier_scores = score_candidates(verifier, prompt, candidates, compute)
-    probs = [math.exp(c.meta["logprob"] / max(1, c.meta["num_tokens"])) for c in candidates]
-    kept = prune_mask(probs, min_gap) if prune else [True] * len(candidates)
-    answers = [extract(c.output) for c in candidates]
-    seen: set[Any] = set()
-    weights = []
-    for c, p, k in zip(candidates, probs, kept):
-        distinct = k and c.output not in seen
-        seen.add(c.output)
-        weights.append(p if distinct else 0.0)
-    winner, totals = vote_by_answer(candidates, [a if k else None for a, k in zip(answers, kept)], weights)
-    total = sum(totals.values()) or 1.0
-    for i, (c, a, p, k) in enumerate(zip(candidates, answers, probs, kept)):
-        c.meta.update({"answer": a, "path_probability": p, "pruned": not k})
-        if verifier_scores is not None:
-            c.meta["verifier_score"] = float(verifier_scores[i])
-        c.score = totals.get(a, 0.0) / total if a is not None else 0.0
-    pool = [(p, c) for c, a, p in zip(candidates, answers, probs) if a == winner and winner is not None]
-    best = max(pool, key=lambda pc: pc[0])[1] if pool else candidates[0]
+    for c, v in zip(candidates, verifier_scores.tolist() if verifier_scores is not None else []):
+        c.meta["verifier_score"] = float(v)
+    best, totals, kept = rpc_pick(candidates, extract, prune=prune, min_gap=min_gap)
     config.update({"strategy": "rpc", "verifier": getattr(verifier, "name", None), "pruned": kept.count(False),
                    "answer_weights": {str(a): round(w, 6) for a, w in totals.items()}})
     return finish(best, candidates, compute, config, abstain_below)
 
 
-__all__ = ["prune_mask", "rpc", "two_means_threshold"]
+__all__ = ["prune_mask", "rpc", "rpc_pick", "two_means_threshold"]

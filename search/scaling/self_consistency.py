@@ -14,9 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ponder.search.core import Compute, Result, Verifier
+from ponder.search.core import Candidate, Compute, Result, Verifier
 from ponder.search.scaling.best_of_n import vote_by_answer
 from ponder.search.scaling.common import answer_function, decode_candidates, finish, score_candidates
+
+
+def majority_pick(candidates: list[Candidate], extract: Callable) -> tuple[Candidate, dict]:
+    """The first candidate of the most common answer; sets each candidate's answer and vote share."""
+    answers = [extract(c.output) for c in candidates]
+    winner, votes = vote_by_answer(candidates, answers, [1.0] * len(candidates))
+    for c, a in zip(candidates, answers):
+        c.meta["answer"] = a
+        c.score = votes[a] / len(candidates) if a is not None else 0.0
+    return next((c for c, a in zip(candidates, answers) if a == winner), candidates[0]), votes
 
 
 def self_consistency(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,
@@ -32,17 +42,13 @@ def self_consistency(model, prompt: Any, verifier: Verifier | None = None, *, n:
     with compute.timed():
         candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
         verifier_scores = score_candidates(verifier, prompt, candidates, compute)
-    answers = [extract(c.output) for c in candidates]
-    winner, votes = vote_by_answer(candidates, answers, [1.0] * len(candidates))
-    for i, (c, a) in enumerate(zip(candidates, answers)):
-        c.meta["answer"] = a
-        if verifier_scores is not None:
-            c.meta["verifier_score"] = float(verifier_scores[i])
-        c.score = votes[a] / len(candidates) if a is not None else 0.0
-    best = next((c for c, a in zip(candidates, answers) if a == winner), candidates[0])
+    if verifier_scores is not None:
+        for c, s in zip(candidates, verifier_scores.tolist()):
+            c.meta["verifier_score"] = float(s)
+    best, votes = majority_pick(candidates, extract)
     config.update({"strategy": "self-consistency", "verifier": getattr(verifier, "name", None),
                    "votes": {str(a): int(v) for a, v in votes.items()}})
     return finish(best, candidates, compute, config, abstain_below)
 
 
-__all__ = ["self_consistency"]
+__all__ = ["majority_pick", "self_consistency"]
