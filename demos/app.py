@@ -221,7 +221,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             with gr.Row():
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                 max_new_tokens = gr.Slider(1, 128, value=48, step=1, label="Max new tokens")
-            options = gr.Textbox(value="", label="Strategy options (YAML, e.g. {beam_width: 2})")
+            options = gr.Textbox(value="", label="Strategy / decoder options (YAML, e.g. {beam_width: 2} or "
+                                                 "{draft: zoo:arith-draft})")
             run = gr.Button("Generate", variant="primary", elem_id=f"generate-{modality}")
             if examples:
                 gr.Examples([[e] for e in examples], inputs=[prompt], label="Example prompts")
