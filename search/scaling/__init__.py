@@ -42,7 +42,8 @@ STEP_STRATEGIES = ("beam", "dvts", "diverse-beam", "particles")
 
 
 def get_strategy(name: str) -> Callable:
-    return lookup(STRATEGIES, "strategy", name.replace("_", "-") if isinstance(name, str) else name)
+    key = name.replace("_", "-") if isinstance(name, str) else name
+    return STRATEGIES[key] if key in STRATEGIES else lookup(STRATEGIES, "strategy", name)
 
 
 __all__ = ["STEP_STRATEGIES", "STRATEGIES", "adaptive", "beam_search", "best_of_n", "compute_optimal", "coverage",

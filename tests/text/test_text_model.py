@@ -446,7 +446,7 @@ def test_check_length_allows_exactly_the_context(loaded):
         ({"top_k": -3}, "top_k"),
         ({"min_p": 2.0}, "min_p"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
-        ({"strategy": "beam_me_up"}, "allowed: sample"),
+        ({"strategy": "beam_me_up"}, "unknown strategy .beam_me_up.; allowed: .*particles.*sample"),
         ({"decoder": "warp"}, "allowed: plain"),
     ],
     ids=["n0", "temperature", "top_p", "top_k", "min_p", "max_new_tokens", "strategy", "decoder"],
