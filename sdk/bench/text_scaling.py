@@ -281,16 +281,17 @@ def _plot(rows, path: Path) -> None:
 
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if " T=" not in m]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
-    for m in methods:
+    colors = plt.get_cmap("tab20")
+    for k, m in enumerate(methods):
         mine = [r for r in rows if r["method"] == m]
-        style = "--" if m.startswith("coverage") else "-"
-        axes[0].plot([r["n"] for r in mine], [r["accuracy"] for r in mine], style, marker="o", label=m)
-        axes[1].plot([r["tokens"] for r in mine], [r["accuracy"] for r in mine], style, marker="o", label=m)
+        style = dict(linestyle="--" if m.startswith("coverage") else "-", marker="o", color=colors(k % 20), label=m)
+        axes[0].plot([r["n"] for r in mine], [r["accuracy"] for r in mine], **style)
+        axes[1].plot([r["tokens"] for r in mine], [r["accuracy"] for r in mine], **style)
         timed = [r for r in mine if r["seconds"] is not None]
         if timed:
-            axes[2].plot([r["seconds"] for r in timed], [r["accuracy"] for r in timed], style, marker="o", label=m)
+            axes[2].plot([r["seconds"] for r in timed], [r["accuracy"] for r in timed], **style)
     for ax, xlabel in zip(axes, ("budget N", "tokens sampled per problem (model compute)",
-                                 "wall seconds per problem")):
+                                 "wall seconds per problem (pool methods: timing subset)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy")
