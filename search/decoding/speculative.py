@@ -141,7 +141,8 @@ def draft_and_verify(
     vocab is the width of the target's logits). Each
     step feeds [last, drafts...] per row to the target in one forward, applies `accept_drafts`,
     rolls the target cache back per row, and emits the accepted drafts plus the final token.
-    `stats`, when given, receives steps and accepted-draft counts (for benchmarks).
+    `stats`, when given, receives "steps" (verify forwards), "row_steps" (verify steps summed over
+    the rows still decoding) and "accepted" (drafts accepted by those rows), for benchmarks.
     """
     batch = len(prompt_ids)
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -179,8 +180,9 @@ def draft_and_verify(
     if not active:
         return Decoded(tokens, reasons, logprobs, compute)
     proposer = make_proposer(prompt_ids, compute, logits.shape[-1])
-    steps = accepted_total = 0
+    steps = row_steps = accepted_total = 0
     while active:
+        row_steps += len(active)
         drafts, draft_probs = proposer.propose(last)
         start = cache.length
         verify_logits = feed_rows(model, cache, [[t] + list(d) for t, d in zip(last, drafts)])  # [B, W, V]
@@ -204,6 +206,7 @@ def draft_and_verify(
     if stats is not None:
         stats["steps"] = stats.get("steps", 0) + steps
         stats["accepted"] = stats.get("accepted", 0) + accepted_total
+        stats["row_steps"] = stats.get("row_steps", 0) + row_steps
     return Decoded(tokens, reasons, logprobs, compute)
 
 
