@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ponder.errors import ConfigError, PonderError
@@ -144,17 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_atomic(path: Path, data: str) -> None:
     """Temp file in the same folder, fsync, rename: a reader never sees half a file."""
+    from ponder.jobs.store import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data.encode())
 
 
 def _quiet_transformers() -> None:
