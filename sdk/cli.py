@@ -36,7 +36,8 @@ STRATEGY_FLAGS = [
     ("--probe", int, "compute-optimal: samples that estimate difficulty"),
     ("--confidence", float, "adaptive: stop once the best score (or the vote share) reaches this"),
     ("--abstain-below", float, "return no answer when the best score is below this"),
-    ("--draft-len", int, "speculative, prompt-lookup: tokens drafted per step (> 0)"),
+    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup: tokens drafted per step (most, for adaptive)"),
+    ("--threshold", float, "spec-adaptive: stop drafting once P(any rejection) exceeds this, in (0, 1)"),
 ]
 
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--verifier", default=None,
                      help="exact | orm | prm | self | ensemble | a,b (ensemble of names) | a local verifier folder")
     gen.add_argument("--decoder", default="plain",
-                     help="plain | speculative | prompt-lookup (all lossless; default: plain)")
+                     help="plain | speculative | spec-adaptive | prompt-lookup (all lossless; default: plain)")
     gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from ponder.search.core import lookup
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
+from ponder.search.decoding.spec_adaptive import spec_adaptive
 from ponder.search.decoding.speculative import speculative
 
 DECODERS: dict[str, Callable] = {
     "plain": plain,
     "speculative": speculative,
     "prompt-lookup": prompt_lookup,
+    "spec-adaptive": spec_adaptive,
 }
 
 
@@ -24,4 +26,4 @@ def get_decoder(name: str) -> Callable:
     return lookup(DECODERS, "decoder", name)
 
 
-__all__ = ["DECODERS", "get_decoder", "plain", "prompt_lookup", "speculative"]
+__all__ = ["DECODERS", "get_decoder", "plain", "prompt_lookup", "spec_adaptive", "speculative"]

@@ -225,49 +225,73 @@ class DraftModelProposer:
     """Drafts by sampling a small model autoregressively, over its own cache with per-row rollback.
 
     The draft cache holds the same context as the target's. After a step in which row r accepted
-    all k drafts, d_k was never fed to the draft, so it is fed together with the new last token at
-    the start of the next step (two tokens instead of one, no extra draft call).
+    all its drafts, the last draft was never fed to the draft model, so it is fed together with the
+    new last token at the start of the next step (two tokens instead of one, no extra draft call).
+
+    stop_above: None drafts `draft_len` tokens per row. A number h in (0, 1) stops a row's draft
+    once its predicted probability of at least one rejection, 1 − Π q_j(d_j) (the draft's own
+    confidence in its tokens), exceeds h — SpecDec++'s stopping rule with the draft's confidence as
+    the predictor; `draft_len` is then the most tokens drafted.
     """
 
     def __init__(self, draft: SequenceModel, prompt_ids, compute: Compute, *, sampling: SamplingParams,
-                 generators, draft_len: int, vocab: int):
+                 generators, draft_len: int, vocab: int, stop_above: float | None = None):
         self.draft, self.sampling, self.generators = draft, sampling, generators
-        self.draft_len, self.vocab, self.compute = draft_len, vocab, compute
+        self.draft_len, self.vocab, self.compute, self.stop_above = draft_len, vocab, compute, stop_above
         self.cache = draft.new_cache()
         prefill_shared(draft, prompt_ids, self.cache)
         compute.draft_calls += 1
         self.pending: list[list[int]] = [[] for _ in prompt_ids]  # fed to the draft before `last`
 
-    def _next(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = _fit_vocab(logits, self.vocab)  # [B, V]
+    def _next(self, logits: torch.Tensor, drafting: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next draft token per row [B] (drawn only for rows in `drafting`) and q [B, V]."""
+        logits = _fit_vocab(logits.float(), self.vocab)  # [B, V]
         if self.sampling.greedy:
-            return logits.argmax(-1), None
+            return logits.argmax(-1), logits.softmax(-1)  # q only feeds the confidence here
         q = probs_from_logits(logits, self.sampling)  # [B, V]
-        return sample(q, self.generators), q
+        token = q.argmax(-1)  # placeholder for rows that stopped drafting (never used)
+        if len(drafting) == len(token):
+            return sample(q, self.generators), q
+        gens = None if self.generators is None else [self.generators[r] for r in drafting]
+        token[drafting] = sample(q[drafting], gens).to(token.device)
+        return token, q
 
     def propose(self, last: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
+        batch = len(last)
         rows = [pending + [token] for pending, token in zip(self.pending, last)]
         self.start = self.cache.length
         self.width = max(len(r) for r in rows)
         logits = feed_rows(self.draft, self.cache, rows)  # [B, W, V]
         self.compute.draft_calls += 1
         ends = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
-        token, q = self._next(logits[torch.arange(len(rows), device=logits.device), ends])  # [B], [B, V]
-        drafts, probs = [token], [q]
-        for _ in range(self.draft_len - 1):
-            logits = self.draft.forward(token[:, None].to(logits.device), self.cache)[:, -1]  # [B, V]
-            self.compute.draft_calls += 1
-            token, q = self._next(logits)
+        logits = logits[torch.arange(batch, device=logits.device), ends]  # [B, V]
+        drafting = list(range(batch))
+        lengths = [0] * batch
+        confidence = torch.ones(batch)
+        drafts, probs = [], []
+        while True:
+            token, q = self._next(logits, drafting)  # [B], [B, V]
             drafts.append(token)
             probs.append(q)
-        self.drafts = torch.stack(drafts, 1).tolist()  # [B, k]
-        return self.drafts, None if self.sampling.greedy else torch.stack(probs, 1)  # [B, k, V]
+            for row in drafting:
+                lengths[row] += 1
+            if self.stop_above is not None:
+                confidence *= q.gather(1, token[:, None].to(q.device))[:, 0].cpu()
+                drafting = [r for r in drafting if 1 - float(confidence[r]) <= self.stop_above]
+            if not drafting or len(drafts) == self.draft_len:
+                break
+            logits = self.draft.forward(token[:, None].to(logits.device), self.cache)[:, -1]  # [B, V]
+            self.compute.draft_calls += 1
+        self.steps_drafted = len(drafts)
+        table = torch.stack(drafts, 1).tolist()  # [B, m]
+        self.drafts = [row[:n] for row, n in zip(table, lengths)]
+        return self.drafts, None if self.sampling.greedy else torch.stack(probs, 1)  # [B, m, V]
 
     def accepted(self, num_accepted: list[int], final: list[int]) -> None:
-        k = self.draft_len
-        # the cache holds [pending, last] then d_1..d_{k-1}; keep d_1..d_min(n, k-1)
-        truncate_rows(self.cache, self.start, [self.width + min(n, k - 1) for n in num_accepted])
-        self.pending = [[d[-1]] if n == k else [] for d, n in zip(self.drafts, num_accepted)]
+        m = self.steps_drafted
+        # the cache holds [pending, last] then d_1..d_{m-1}; row r keeps d_1..d_min(n_r, m-1)
+        truncate_rows(self.cache, self.start, [self.width + min(n, m - 1) for n in num_accepted])
+        self.pending = [[d[-1]] if n == m else [] for d, n in zip(self.drafts, num_accepted)]
 
 
 def check_draft_len(draft_len) -> int:

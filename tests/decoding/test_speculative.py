@@ -26,11 +26,11 @@ def _outcomes(decoded) -> Counter:
     return Counter(tuple(t) for t in decoded.tokens)
 
 
-def _spec_pvalue(sampling, draft_len=2, seed=0):
+def _spec_pvalue(sampling, draft_len=2, seed=0, decoder="speculative", **options):
     target, draft = ToyChain(seed=0), ToyChain(seed=1)
     prompt = [0, 1]
-    out = speculative(target, [prompt] * SAMPLES, sampling=sampling, max_new_tokens=NEW, draft=draft,
-                      draft_len=draft_len, generators=candidate_generators(seed, range(SAMPLES)))
+    out = get_decoder(decoder)(target, [prompt] * SAMPLES, sampling=sampling, max_new_tokens=NEW, draft=draft,
+                               draft_len=draft_len, generators=candidate_generators(seed, range(SAMPLES)), **options)
     assert all(len(t) == NEW for t in out.tokens)
     return chi_square_pvalue(_outcomes(out), target.exact_distribution(prompt, NEW, sampling), SAMPLES)
 
@@ -39,6 +39,12 @@ def _spec_pvalue(sampling, draft_len=2, seed=0):
                          ids=["t1", "t0.7-topk2"])
 def test_speculative_matches_target_distribution(sampling):
     assert _spec_pvalue(sampling) > 1e-3
+
+
+def test_adaptive_draft_length_matches_target_distribution():
+    stats: dict = {}
+    assert _spec_pvalue(SamplingParams(), draft_len=3, decoder="spec-adaptive", threshold=0.5, stats=stats) > 1e-3
+    assert stats["accepted"] > 0
 
 
 def test_chi_square_catches_resampling_from_p_after_rejection(monkeypatch):
@@ -75,11 +81,11 @@ def test_identical_draft_accepts_every_token():
     assert out.compute.draft_calls == 1 + 2 * 3
 
 
-@pytest.mark.parametrize("decoder", ["speculative", "prompt-lookup"])
+@pytest.mark.parametrize("decoder", ["speculative", "spec-adaptive", "prompt-lookup"])
 def test_batch_rows_equal_single_row_runs_on_toy(decoder):
     target = ToyChain(seed=0)
     prompts = [[0, 1, 2, 0, 1], [2, 2], [1, 0, 1, 0, 1, 0]]
-    kw = {"draft": ToyChain(seed=1)} if decoder == "speculative" else {}
+    kw = {"draft": ToyChain(seed=1)} if decoder != "prompt-lookup" else {}
     fn = get_decoder(decoder)
     batch = fn(target, prompts, sampling=SamplingParams(), max_new_tokens=12,
                generators=candidate_generators(3, range(3)), **kw)
@@ -140,6 +146,8 @@ def test_greedy_equals_plain_greedy(tiny_folder, llama):
         out = speculative(target, ids, sampling=greedy, max_new_tokens=24, draft=llama, draft_len=draft_len)
         assert out.tokens == ref.tokens and out.stop_reasons == ref.stop_reasons
     out = prompt_lookup(target, ids, sampling=greedy, max_new_tokens=24, draft_len=4)
+    assert out.tokens == ref.tokens
+    out = get_decoder("spec-adaptive")(target, ids, sampling=greedy, max_new_tokens=24, draft=llama, threshold=0.6)
     assert out.tokens == ref.tokens
 
 
@@ -228,6 +236,8 @@ def test_bad_input_errors(llama, qwen2):
         speculative(llama, ids, draft=qwen2, draft_len=0, **kw)
     with pytest.raises(ConfigError, match="needs a draft model"):
         speculative(llama, ids, **kw)
+    with pytest.raises(ConfigError, match="threshold must be in"):
+        get_decoder("spec-adaptive")(llama, ids, draft=qwen2, threshold=1.5, **kw)
     with pytest.raises(ConfigError, match="takes no draft model"):
         prompt_lookup(llama, ids, draft=qwen2, **kw)
 
