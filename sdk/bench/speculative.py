@@ -89,7 +89,7 @@ def _run(quick: bool) -> dict:
 
     target = ponder.load("text", "zoo:arith")
     draft = ponder.load("text", "zoo:arith-draft")
-    count, repeats, max_new = (2, 1, 48) if quick else (8, 2, 64)
+    count, repeats, max_new = (2, 1, 48) if quick else (8, 3, 64)
     rows, goals = [], []
     results: dict = {}
     workloads = [("arith", "Q", 0.0), ("arith", "Q", 1.0), ("copy", "R", 0.0)]

@@ -45,10 +45,11 @@ class LookupProposer:
         self.history = [list(p) for p in prompt_ids]
         self.draft_len, self.max_ngram = draft_len, max_ngram
 
-    def propose(self, last: list[int]) -> tuple[list[list[int]], None]:
+    def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], None]:
         for row, token in enumerate(last):
             self.history[row].append(token)
-        self.drafts = [lookup_draft(h, self.draft_len, self.max_ngram) for h in self.history]
+        self.drafts = [lookup_draft(h, min(self.draft_len, limit), self.max_ngram) if limit else []
+                       for h, limit in zip(self.history, limits)]
         return self.drafts, None
 
     def accepted(self, num_accepted: list[int], final: list[int]) -> None:

@@ -37,10 +37,10 @@ from ponder.search.decoding.rollback import can_hide, feed_rows, truncate_rows
 class Proposer(Protocol):
     """Supplies draft tokens for `draft_and_verify`."""
 
-    def propose(self, last: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
-        """Given each row's last emitted token, return each row's drafts (at most draft_len, may be
-        empty) and their draft probabilities q [B, K, V] (K = longest draft), or None when the
-        drafts are deterministic (q is then one-hot on each draft token)."""
+    def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
+        """Given each row's last emitted token, return each row's drafts (at most draft_len and
+        limits[r] tokens, may be empty) and their draft probabilities q [B, K, V] (K = longest
+        draft), or None when the drafts are deterministic (q is then one-hot on each draft token)."""
         ...
 
     def accepted(self, num_accepted: list[int], final: list[int]) -> None:
@@ -183,7 +183,10 @@ def draft_and_verify(
     steps = row_steps = accepted_total = 0
     while active:
         row_steps += len(active)
-        drafts, draft_probs = proposer.propose(last)
+        # never draft past a row's token budget (nor, so, past the context `check_length` allowed)
+        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) for r in range(batch)]
+        drafts, draft_probs = proposer.propose(last, limits)
+        drafts = [d[:limit] for d, limit in zip(drafts, limits)]
         start = cache.length
         verify_logits = feed_rows(model, cache, [[t] + list(d) for t, d in zip(last, drafts)])  # [B, W, V]
         compute.model_calls += 1
@@ -256,7 +259,7 @@ class DraftModelProposer:
         token[drafting] = sample(q[drafting], gens).to(token.device)
         return token, q
 
-    def propose(self, last: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
+    def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
         batch = len(last)
         rows = [pending + [token] for pending, token in zip(self.pending, last)]
         self.start = self.cache.length
@@ -265,11 +268,11 @@ class DraftModelProposer:
         self.compute.draft_calls += 1
         ends = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
         logits = logits[torch.arange(batch, device=logits.device), ends]  # [B, V]
-        drafting = list(range(batch))
+        drafting = [r for r in range(batch) if limits[r] > 0]
         lengths = [0] * batch
         confidence = torch.ones(batch)
         drafts, probs = [], []
-        while True:
+        while drafting:
             token, q = self._next(logits, drafting)  # [B], [B, V]
             drafts.append(token)
             probs.append(q)
@@ -278,11 +281,15 @@ class DraftModelProposer:
             if self.stop_above is not None:
                 confidence *= q.gather(1, token[:, None].to(q.device))[:, 0].cpu()
                 drafting = [r for r in drafting if 1 - float(confidence[r]) <= self.stop_above]
+            drafting = [r for r in drafting if lengths[r] < limits[r]]
             if not drafting or len(drafts) == self.draft_len:
                 break
             logits = self.draft.forward(token[:, None].to(logits.device), self.cache)[:, -1]  # [B, V]
             self.compute.draft_calls += 1
         self.steps_drafted = len(drafts)
+        if not drafts:
+            self.drafts = [[] for _ in range(batch)]
+            return self.drafts, None
         table = torch.stack(drafts, 1).tolist()  # [B, m]
         self.drafts = [row[:n] for row, n in zip(table, lengths)]
         return self.drafts, None if self.sampling.greedy else torch.stack(probs, 1)  # [B, m, V]
@@ -290,8 +297,8 @@ class DraftModelProposer:
     def accepted(self, num_accepted: list[int], final: list[int]) -> None:
         m = self.steps_drafted
         # the cache holds [pending, last] then d_1..d_{m-1}; row r keeps d_1..d_min(n_r, m-1)
-        truncate_rows(self.cache, self.start, [self.width + min(n, m - 1) for n in num_accepted])
-        self.pending = [[d[-1]] if n == m else [] for d, n in zip(self.drafts, num_accepted)]
+        truncate_rows(self.cache, self.start, [self.width + max(0, min(n, m - 1)) for n in num_accepted])
+        self.pending = [[d[-1]] if m and n == m else [] for d, n in zip(self.drafts, num_accepted)]
 
 
 def check_draft_len(draft_len) -> int:

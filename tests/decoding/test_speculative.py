@@ -260,3 +260,17 @@ def test_generate_routes_decoder_options(llama, qwen2):
     assert res.compute.draft_calls > 0 and ref.compute.draft_calls == 0
     with pytest.raises(ConfigError, match="draft_len"):
         ponder.generate(qwen2, "Q: 1+2\n", decoder="plain", draft_len=2)
+
+
+def test_drafts_never_run_past_the_context(tiny_model_folders):
+    import ponder
+
+    gpt2 = ponder.load("text", str(tiny_model_folders["gpt2"]))  # learned positions: 64, no more
+    ids = [gpt2.encode("Q: 1+2\n")]
+    budget = gpt2.context_length - len(ids[0])
+    greedy = SamplingParams(temperature=0.0)
+    ref = plain(gpt2, ids, sampling=greedy, max_new_tokens=budget)
+    out = prompt_lookup(gpt2, ids, sampling=greedy, max_new_tokens=budget, draft_len=16)
+    assert out.tokens == ref.tokens
+    out = speculative(gpt2, ids, sampling=greedy, max_new_tokens=budget, draft=gpt2, draft_len=16)
+    assert out.tokens == ref.tokens
