@@ -10,7 +10,9 @@ Held-out arith problems (Q template), budgets N in {1, 2, 4, 8, 16, 32}, zoo:ari
   every method for real at every N: its wall time is the ``seconds`` column, and its picks must
   equal the pool's (``pool_mismatches`` counts any difference; it should be 0).
 * Step-level methods — beam search with the PRM, particle filtering with the PRM and with the
-  self-evaluation verifier, and compute-optimal — run for real on every problem and budget.
+  self-evaluation verifier, compute-optimal, and adaptive sampling (stopping at a self-evaluation
+  score of 0.95, or at a 0.6 vote share; its rows report the mean samples used) — run for real on
+  every problem and budget.
 * Compute-optimal's policy (difficulty level -> strategy) is fitted on train-split problems at
   N=16 with the PRM, never on the held-out problems it is scored on.
 * A temperature sweep {0.4, 0.7, 1.0, 1.3} of best-of-N (ORM) and coverage.
@@ -214,6 +216,7 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
             probe = max(1, n // 4)
             rows.append(_real(lm, "compute-optimal/prm", "compute-optimal", verifiers["prm"], "prm", n, problems,
                               {"probe": probe, "policy": policy, "beam_width": _width(n - probe)}))
+        rows += adaptive_rows(lm, verifiers, n, problems)
         log(f"[text-scaling] step methods at N={n} ({time.perf_counter() - t0:.0f}s)")
 
     goals = _goals(rows, ns, one_sample, mismatches)
@@ -235,12 +238,21 @@ def _row(method, verifier, n, correct, tokens, calls, vcalls, seconds) -> dict:
             "seconds": round(sum(seconds) / len(seconds), 4) if seconds else None}
 
 
+ADAPTIVE_CONFIDENCE = {"self": 0.95, None: 0.6}  # a self-evaluation score; a vote share
+
+
+def adaptive_rows(lm, verifiers, n, problems) -> list[dict]:
+    """Adaptive sampling with budget `n`: with the self-evaluation verifier and by vote."""
+    return [_real(lm, f"adaptive/{vname or 'vote'}", "adaptive", verifiers.get(vname), vname or "-", n, problems,
+                  {"confidence": ADAPTIVE_CONFIDENCE[vname]}) for vname in ("self", None)]
+
+
 def _real(lm, label, strategy, verifier, vname, n, problems, options) -> dict:
     """`strategy` run for real on every problem at budget `n`."""
     from ponder.modalities.text import arith
     from ponder.search.scaling import get_strategy
 
-    acc, toks, calls, vcalls, secs = [], [], [], [], []
+    acc, toks, calls, vcalls, secs, used = [], [], [], [], [], []
     for p in problems:
         res = get_strategy(strategy)(lm, p.prompt, verifier, n=n, seed=0, max_new_tokens=MAX_NEW_TOKENS, **options)
         acc.append(res.best is not None and arith.is_correct(p.prompt, res.best.output))
@@ -248,7 +260,11 @@ def _real(lm, label, strategy, verifier, vname, n, problems, options) -> dict:
         calls.append(res.compute.model_calls)
         vcalls.append(res.compute.verifier_calls)
         secs.append(res.compute.seconds)
-    return _row(label, vname, n, acc, toks, calls, vcalls, secs)
+        used.append(res.config.get("samples_used", len(res.candidates)))
+    row = _row(label, vname, n, acc, toks, calls, vcalls, secs)
+    if strategy == "adaptive":  # Adaptive Inference-Time Compute reports the samples it spent
+        row["mean_samples_used"] = round(sum(used) / len(used), 2)
+    return row
 
 
 def _acc(rows, method, n):

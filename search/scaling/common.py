@@ -87,6 +87,7 @@ def decode_candidates(
         "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                      "min_p": sampling.min_p},
         "max_new_tokens": max_new_tokens,
+        "decoder_options": dict(decoder_options),
     }
     return candidates, config
 

@@ -170,7 +170,8 @@ class Stepper:
             "prompt": self.prompt, "n": n, "seed": self.seed, "decoder": self.decoder_name,
             "draft": getattr(self.draft, "name", None), "verifier": getattr(verifier, "name", None),
             "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p},
-            "max_new_tokens": self.max_new_tokens, "rounds": self.rounds, **extra}
+            "max_new_tokens": self.max_new_tokens, "decoder_options": dict(self.decoder_options),
+            "rounds": self.rounds, **extra}
 
 
 def max_rounds(stepper: Stepper, max_steps: int | None) -> int:
