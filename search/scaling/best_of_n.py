@@ -23,24 +23,13 @@ from typing import Any
 
 from ponder.errors import ConfigError
 from ponder.search.core import Candidate, Compute, Result, Verifier
-from ponder.search.scaling.common import (
-    answer_function,
-    decode_candidates,
-    finish,
-    require_verifier,
-    score_candidates,
-)
+from ponder.search.scaling.common import answer_function, decode_and_score, finish, require_verifier
 
 
 def _scored(model, prompt, verifier, n, seed, strategy, options) -> tuple[list[Candidate], Compute, dict]:
     """`n` candidates decoded as one batch and scored by `verifier`."""
     require_verifier(verifier, strategy)
-    compute = Compute()
-    with compute.timed():
-        candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
-        score_candidates(verifier, prompt, candidates, compute)
-    config.update({"strategy": strategy, "verifier": getattr(verifier, "name", None)})
-    return candidates, compute, config
+    return decode_and_score(model, prompt, verifier, n=n, seed=seed, strategy=strategy, **options)
 
 
 def best_of_n(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,

@@ -92,6 +92,22 @@ def decode_candidates(
     return candidates, config
 
 
+def decode_and_score(model, prompt: Any, verifier: Verifier | None, *, n: int, seed: int, strategy: str,
+                     **options) -> tuple[list[Candidate], Compute, dict]:
+    """`n` candidates decoded as one batch and scored by `verifier` (when given), timed; the config
+    names the strategy and the verifier. A verifier's score is also kept as ``meta["verifier_score"]``
+    (voting strategies replace `score` with the vote)."""
+    compute = Compute()
+    with compute.timed():
+        candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
+        score_candidates(verifier, prompt, candidates, compute)
+    for c in candidates:
+        if c.score is not None:
+            c.meta["verifier_score"] = c.score
+    config.update({"strategy": strategy, "verifier": getattr(verifier, "name", None)})
+    return candidates, compute, config
+
+
 def score_candidates(verifier: Verifier | None, prompt: Any, candidates: list[Candidate],
                      compute: Compute) -> torch.Tensor | None:
     """Score every candidate with `verifier` (in place), counting the verifier calls."""

@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.search.core import Candidate, Compute, Result, Verifier
+from ponder.search.core import Candidate, Result, Verifier
 from ponder.search.scaling.best_of_n import vote_by_answer
-from ponder.search.scaling.common import answer_function, decode_candidates, finish, score_candidates
+from ponder.search.scaling.common import answer_function, decode_and_score, finish
 
 
 def two_means_threshold(values: Sequence[float], iterations: int = 50) -> float:
@@ -91,15 +91,10 @@ def rpc(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: i
     if not isinstance(min_gap, (int, float)) or isinstance(min_gap, bool) or not 0 <= min_gap <= 1:
         raise ConfigError(f"min_gap must be a number in [0, 1], got {min_gap!r}")
     extract = answer_function(model, answer_fn)
-    compute = Compute()
-    with compute.timed():
-        candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
-        verifier_scores = score_candidates(verifier, prompt, candidates, compute)
-    for c, v in zip(candidates, verifier_scores.tolist() if verifier_scores is not None else []):
-        c.meta["verifier_score"] = float(v)
+    candidates, compute, config = decode_and_score(model, prompt, verifier, n=n, seed=seed, strategy="rpc",
+                                                   **options)
     best, totals, kept = rpc_pick(candidates, extract, prune=prune, min_gap=min_gap)
-    config.update({"strategy": "rpc", "verifier": getattr(verifier, "name", None), "pruned": kept.count(False),
-                   "answer_weights": {str(a): round(w, 6) for a, w in totals.items()}})
+    config.update({"pruned": kept.count(False), "answer_weights": {str(a): round(w, 6) for a, w in totals.items()}})
     return finish(best, candidates, compute, config, abstain_below)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ponder.search.core import Candidate, Compute, Result, Verifier
-from ponder.search.scaling.common import decode_candidates, score_candidates
+from ponder.search.core import Candidate, Result, Verifier
+from ponder.search.scaling.common import decode_and_score
 
 
 def sample(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,
@@ -27,11 +27,8 @@ def sample(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed
     Returns:
         `Result` with all n candidates in index order.
     """
-    compute = Compute()
-    with compute.timed():
-        candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
-        score_candidates(verifier, prompt, candidates, compute)
-    config.update({"strategy": "sample", "verifier": getattr(verifier, "name", None)})
+    candidates, compute, config = decode_and_score(model, prompt, verifier, n=n, seed=seed, strategy="sample",
+                                                   **options)
     return Result(best=candidates[0], candidates=candidates, compute=compute, config=config)
 
 

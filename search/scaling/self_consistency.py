@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ponder.search.core import Candidate, Compute, Result, Verifier
+from ponder.search.core import Candidate, Result, Verifier
 from ponder.search.scaling.best_of_n import vote_by_answer
-from ponder.search.scaling.common import answer_function, decode_candidates, finish, score_candidates
+from ponder.search.scaling.common import answer_function, decode_and_score, finish
 
 
 def majority_pick(candidates: list[Candidate], extract: Callable) -> tuple[Candidate, dict]:
@@ -38,16 +38,10 @@ def self_consistency(model, prompt: Any, verifier: Verifier | None = None, *, n:
     the winner's vote share), and the decoding options of `sample`.
     """
     extract = answer_function(model, answer_fn)
-    compute = Compute()
-    with compute.timed():
-        candidates, config = decode_candidates(model, prompt, n=n, seed=seed, compute=compute, **options)
-        verifier_scores = score_candidates(verifier, prompt, candidates, compute)
-    if verifier_scores is not None:
-        for c, s in zip(candidates, verifier_scores.tolist()):
-            c.meta["verifier_score"] = float(s)
+    candidates, compute, config = decode_and_score(model, prompt, verifier, n=n, seed=seed,
+                                                   strategy="self-consistency", **options)
     best, votes = majority_pick(candidates, extract)
-    config.update({"strategy": "self-consistency", "verifier": getattr(verifier, "name", None),
-                   "votes": {str(a): int(v) for a, v in votes.items()}})
+    config["votes"] = {str(a): int(v) for a, v in votes.items()}
     return finish(best, candidates, compute, config, abstain_below)
 
 
