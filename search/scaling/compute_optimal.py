@@ -24,7 +24,7 @@ from typing import Any
 
 from ponder.errors import ConfigError
 from ponder.search.core import Compute, Result, Verifier
-from ponder.search.scaling.best_of_n import pick_best, pick_weighted, vote_by_answer
+from ponder.search.scaling.best_of_n import pick_best, pick_weighted
 from ponder.search.scaling.common import (
     answer_function,
     check_n,
@@ -33,6 +33,7 @@ from ponder.search.scaling.common import (
     require_verifier,
     score_candidates,
 )
+from ponder.search.scaling.self_consistency import majority_pick
 from ponder.search.scaling.steps import check_positive_int
 
 DEFAULT_BINS = (0.8, 0.6, 0.4, 0.2)  # mean probe score thresholds: level 1 >= 0.8, ..., level 5 < 0.2
@@ -109,10 +110,7 @@ def compute_optimal(model, prompt: Any, verifier: Verifier | None = None, *, n: 
             elif chosen == "weighted-best-of-n":
                 best, _ = pick_weighted(candidates, answer_function(model, answer_fn))
             else:
-                extract = answer_function(model, answer_fn)
-                answers = [extract(c.output) for c in candidates]
-                winner, _ = vote_by_answer(candidates, answers, [1.0] * len(candidates))
-                best = next((c for c, a in zip(candidates, answers) if a == winner), candidates[0])
+                best, _ = majority_pick(candidates, answer_function(model, answer_fn))
         else:
             budget = n - probe
             width = min(beam_width, budget) if chosen != "particles" else 1

@@ -125,7 +125,7 @@ def _reference_prefix(reference: Partial, steps: int) -> Partial:
     if steps < len(reference.bounds):
         p.ids = p.ids[: reference.bounds[steps - 1]]
         p.bounds = p.bounds[:steps]
-        p.done, p.reason = False, None
+        p.done, p.reason, p.final_score = False, None, None
     p.origin = 0
     return p
 

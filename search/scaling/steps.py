@@ -34,6 +34,7 @@ class Partial:
     logprob: float = 0.0  # sum of log p(token) under the model (untempered)
     origin: int = 0  # the slot of the round-0 ancestor (its lineage)
     meta: dict = field(default_factory=dict)  # strategy notes, copied into the candidate's meta
+    final_score: float | None = None  # the verifier's score once done (a finished output never changes)
 
     def copy(self) -> Partial:
         return replace(self, ids=list(self.ids), bounds=list(self.bounds), meta=dict(self.meta))
@@ -148,14 +149,17 @@ class Stepper:
         return [self.model.decode(p.ids) for p in partials]
 
     def score(self, verifier: ProcessVerifier, partials: Sequence[Partial]) -> torch.Tensor:
-        """Verifier scores [N]: finished partials as outputs, unfinished ones step-wise."""
-        scores = torch.zeros(len(partials))
-        done = [i for i, p in enumerate(partials) if p.done]
+        """Verifier scores [N]: finished partials as outputs (once; kept on the partial), unfinished
+        ones step-wise."""
+        scores = torch.tensor([p.final_score if p.final_score is not None else 0.0 for p in partials])
+        done = [i for i, p in enumerate(partials) if p.done and p.final_score is None]  # scored once
         todo = [i for i, p in enumerate(partials) if not p.done]
         for idx, fn in ((done, verifier.score), (todo, verifier.score_steps)):
             if idx:
                 scores[idx] = fn(self.prompt, self.texts([partials[i] for i in idx])).float()
                 self.compute.verifier_calls += len(idx)
+        for i in done:
+            partials[i].final_score = float(scores[i])
         return scores
 
     def candidate(self, p: Partial, score: float | None, index: int, **meta) -> Candidate:
