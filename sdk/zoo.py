@@ -20,6 +20,8 @@ class ZooEntry:
     modality: str  # "text", ...
     kind: str  # "model" | "draft" | "verifier"
     summary: str
+    # module whose `train(name, out_dir, log=, steps=, smoke=) -> card` rebuilds the weights
+    recipe: str = "ponder.modalities.text.train"
 
     @property
     def folder(self) -> Path:
@@ -79,8 +81,7 @@ def train(name: str, log=print, steps: int | None = None, out_dir: Path | None =
     e = entry(name)
     if e.name == "exact":
         raise ZooError("zoo:exact is a rule with nothing to train")
-    if e.modality == "text":
-        from ponder.modalities.text import train as recipes
+    import importlib
 
-        return recipes.train(e.name, out_dir or e.folder.parent, log=log, steps=steps, smoke=smoke)
-    raise ZooError(f"no recipe for modality {e.modality!r}")  # pragma: no cover - every entry has one
+    recipes = importlib.import_module(e.recipe)
+    return recipes.train(e.name, out_dir or e.folder.parent, log=log, steps=steps, smoke=smoke)
