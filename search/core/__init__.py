@@ -30,6 +30,7 @@ __all__ = [
     "Candidate",
     "Compute",
     "Decoded",
+    "Denoiser",
     "ProcessVerifier",
     "Result",
     "SequenceCache",
@@ -203,6 +204,31 @@ class SequenceModel(Protocol):
         attn_mask: optional [B, T, T] boolean mask among the new tokens (a token tree); None means
         causal."""
         ...
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """What noise search needs from a diffusion model (images, music).
+
+    Time runs from `timesteps(steps)[0]` (pure noise) down to the last entry; `cond` is whatever
+    `condition(prompt)` returned for the prompt (class label, text embeddings, ...). Every method is
+    batched over the leading dimension of `x`; all samplers used for search are deterministic, so a
+    candidate is fully determined by its initial noise.
+    """
+
+    def condition(self, prompt: Any, n: int) -> Any: ...  # prompt -> conditioning for n rows (InputError if bad)
+
+    def timesteps(self, steps: int) -> list[float]: ...  # the sampler's schedule, noisiest first
+
+    def noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor: ...  # one initial x_T per generator
+
+    def step(self, x_t: torch.Tensor, t: float, t_next: float, cond: Any) -> torch.Tensor: ...  # one NFE
+
+    def predict_x0(self, x_t: torch.Tensor, t: float, cond: Any) -> torch.Tensor: ...  # one NFE
+
+    def renoise(self, x: torch.Tensor, t_from: float, t_to: float, noise: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, x0: torch.Tensor) -> list[Any]: ...  # clean latents -> outputs (PIL images, audio)
 
 
 @runtime_checkable
