@@ -32,7 +32,9 @@ class ZooEntry:
 
     @property
     def built(self) -> bool:
-        return (self.folder / "config.json").is_file()
+        # transformers folders have config.json; diffusers pipeline folders have model_index.json
+        # transformers folders have a root config.json, diffusers pipeline folders a model_index.json
+        return (self.folder / "config.json").is_file() or (self.folder / "model_index.json").is_file() or (self.folder / "model_index.json").is_file()
 
     def card(self) -> dict:
         path = self.folder / "card.json"
@@ -47,6 +49,12 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("orm", "text", "verifier", "outcome verifier for arith: P(final answer correct)"),
         ZooEntry("prm", "text", "verifier", "process verifier for arith: P(step correct), every step"),
         ZooEntry("exact", "text", "verifier", "exact checker for arith: 1 if the answer is right (no weights)"),
+        ZooEntry("digits", "image", "model", "class-conditional UNet2DModel + DDIM (diffusers folder) on 16x16 digits",
+                 recipe="ponder.modalities.image.train"),
+        ZooEntry("digits-classifier", "image", "verifier", "ViTForImageClassification on digits: the search verifier",
+                 recipe="ponder.modalities.image.train"),
+        ZooEntry("digits-judge", "image", "verifier", "ResNetForImageClassification on disjoint digits: bench judge "
+                 "only, never used by search", recipe="ponder.modalities.image.train"),
     ]
 }
 

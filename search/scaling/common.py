@@ -1,5 +1,6 @@
-"""Pieces every scaling strategy over a `SequenceModel` shares: seeded batched decoding of
-candidates, and verifier scoring with its cost counted."""
+"""Pieces every scaling strategy shares: seeded batched decoding of candidates (a `SequenceModel`
+decodes tokens; a `Denoiser` denoises noises, see `denoise`), and verifier scoring with its cost
+counted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
-from ponder.search.core import Candidate, Compute, Verifier, candidate_generators, candidate_seed
+from ponder.search.core import Candidate, Compute, Denoiser, Verifier, candidate_generators, candidate_seed
 
 
 def checked_sampling(sampling: SamplingParams) -> SamplingParams:
@@ -51,6 +52,11 @@ def decode_candidates(
     from ponder.search.decoding import get_decoder
 
     check_n(n)
+    if isinstance(model, Denoiser):  # diffusion: seeded noises denoised as one batch (text options unused)
+        from ponder.search.scaling.denoise import denoise_candidates
+
+        return denoise_candidates(model, prompt, n=n, seed=seed, compute=compute, indices=indices,
+                                  **decoder_options)
     sampling = checked_sampling(sampling or SamplingParams())
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
