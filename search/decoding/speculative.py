@@ -134,6 +134,8 @@ def draft_and_verify(
     stream: StreamCallback | None,
     compute: Compute,
     stats: dict | None = None,
+    cache=None,
+    accept=None,
 ) -> Decoded:
     """The draft-then-verify loop shared by every lossless drafter.
 
@@ -143,6 +145,9 @@ def draft_and_verify(
     rolls the target cache back per row, and emits the accepted drafts plus the final token.
     `stats`, when given, receives "steps" (verify forwards), "row_steps" (verify steps summed over
     the rows still decoding) and "accepted" (drafts accepted by those rows), for benchmarks.
+    `cache`: an empty target cache to decode in (a self-speculative proposer drafts in the target's
+    own cache; default: a new one). `accept`: the acceptance rule, with `accept_drafts`' signature
+    (default: `accept_drafts`, lossless; a lossy decoder passes its own rule and says so).
     """
     batch = len(prompt_ids)
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -169,7 +174,8 @@ def draft_and_verify(
         elif len(tokens[row]) >= max_new_tokens:
             active.discard(row)
 
-    cache = model.new_cache()
+    cache = model.new_cache() if cache is None else cache
+    accept = accept_drafts if accept is None else accept
     logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
     compute.model_calls += 1
     last = sample_from_logits(logits, sampling, generators)  # [B]
@@ -190,7 +196,7 @@ def draft_and_verify(
         start = cache.length
         verify_logits = feed_rows(model, cache, [[t] + list(d) for t, d in zip(last, drafts)])  # [B, W, V]
         compute.model_calls += 1
-        num_accepted, final = accept_drafts(verify_logits, drafts, draft_probs, sampling, generators)
+        num_accepted, final = accept(verify_logits, drafts, draft_probs, sampling, generators)
         num_accepted, final = num_accepted.tolist(), final.tolist()
         truncate_rows(cache, start, [1 + n for n in num_accepted])
         proposer.accepted(num_accepted, final)
@@ -224,6 +230,22 @@ def _fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.cat([logits, pad], dim=-1)
 
 
+def draw_draft(logits: torch.Tensor, drafting: list[int], sampling: SamplingParams,
+               generators) -> tuple[torch.Tensor, torch.Tensor]:
+    """A drafter's next token per row [B] (drawn only for rows in `drafting`, each from its own
+    generator) and its distribution q [B, V] from logits [B, V]. Greedy: argmax, and q = softmax
+    (q then only feeds confidence rules)."""
+    if sampling.greedy:
+        return logits.argmax(-1), logits.softmax(-1)
+    q = probs_from_logits(logits, sampling)  # [B, V]
+    token = q.argmax(-1)  # placeholder for rows that stopped drafting (never used)
+    if len(drafting) == len(token):
+        return sample(q, generators), q
+    gens = None if generators is None else [generators[r] for r in drafting]
+    token[drafting] = sample(q[drafting], gens).to(token.device)
+    return token, q
+
+
 class DraftModelProposer:
     """Drafts by sampling a small model autoregressively, over its own cache with per-row rollback.
 
@@ -235,29 +257,25 @@ class DraftModelProposer:
     once its predicted probability of at least one rejection, 1 − Π q_j(d_j) (the draft's own
     confidence in its tokens), exceeds h — SpecDec++'s stopping rule with the draft's confidence as
     the predictor; `draft_len` is then the most tokens drafted.
+
+    stop_before: None, or a rule q [B, V] -> [B] bool that stops a row *before* the token just drawn
+    from q (it is not drafted; the target supplies that position): BiLD's fallback when the draft's
+    top probability is low, Entropy Adaptive Decoding's switch when its entropy is high.
     """
 
     def __init__(self, draft: SequenceModel, prompt_ids, compute: Compute, *, sampling: SamplingParams,
-                 generators, draft_len: int, vocab: int, stop_above: float | None = None):
+                 generators, draft_len: int, vocab: int, stop_above: float | None = None,
+                 stop_before=None):
         self.draft, self.sampling, self.generators = draft, sampling, generators
         self.draft_len, self.vocab, self.compute, self.stop_above = draft_len, vocab, compute, stop_above
+        self.stop_before = stop_before
         self.cache = draft.new_cache()
         prefill_shared(draft, prompt_ids, self.cache)
         compute.draft_calls += 1
         self.pending: list[list[int]] = [[] for _ in prompt_ids]  # fed to the draft before `last`
 
     def _next(self, logits: torch.Tensor, drafting: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next draft token per row [B] (drawn only for rows in `drafting`) and q [B, V]."""
-        logits = _fit_vocab(logits.float(), self.vocab)  # [B, V]
-        if self.sampling.greedy:
-            return logits.argmax(-1), logits.softmax(-1)  # q only feeds the confidence here
-        q = probs_from_logits(logits, self.sampling)  # [B, V]
-        token = q.argmax(-1)  # placeholder for rows that stopped drafting (never used)
-        if len(drafting) == len(token):
-            return sample(q, self.generators), q
-        gens = None if self.generators is None else [self.generators[r] for r in drafting]
-        token[drafting] = sample(q[drafting], gens).to(token.device)
-        return token, q
+        return draw_draft(_fit_vocab(logits.float(), self.vocab), drafting, self.sampling, self.generators)
 
     def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
         batch = len(last)
@@ -274,6 +292,11 @@ class DraftModelProposer:
         drafts, probs = [], []
         while drafting:
             token, q = self._next(logits, drafting)  # [B], [B, V]
+            if self.stop_before is not None:
+                halt = self.stop_before(q).tolist()  # [B]
+                drafting = [r for r in drafting if not halt[r]]
+                if not drafting:
+                    break
             drafts.append(token)
             probs.append(q)
             for row in drafting:
