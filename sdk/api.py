@@ -12,7 +12,7 @@ from typing import Any
 from ponder import zoo
 from ponder.errors import ConfigError, ModelLoadError
 
-MODALITIES = ("text",)
+MODALITIES = ("text", "image")
 
 
 def _check_modality(modality: str) -> None:
@@ -24,12 +24,14 @@ def load(modality: str, spec: str | Path, **options):
     """Load a model of `modality` from ``zoo:NAME`` or a local folder.
 
     Args:
-        modality: "text".
+        modality: "text" or "image".
         spec: ``zoo:NAME`` (see `ponder zoo list`) or a folder written by `save_pretrained`.
         options: passed to the modality's loader (e.g. ``trust_remote_code=True``, ``dtype=``,
-            ``device=``).
+            ``device=``; for diffusion images also ``sampler=``, ``guidance_scale=``, ``height=``,
+            ``width=``, ``steps=``; for AR images ``decoder=`` options of `ar.load_ar`).
     Returns:
-        A model object implementing the modality's protocol (`TextModel` for text).
+        A model object implementing the modality's protocol (`TextModel` for text; a `Denoiser` for a
+        diffusers pipeline folder, or a `SequenceModel` whose outputs are images, for image).
     """
     _check_modality(modality)
     spec = str(spec)
@@ -41,12 +43,17 @@ def load(modality: str, spec: str | Path, **options):
         folder, name = zoo.folder(spec), spec
     else:
         folder = Path(spec)
+    if modality == "image":
+        from ponder.modalities.image import load as load_image
+
+        return load_image(folder, name=name or str(spec), **options)
     from ponder.modalities.text import load as load_text
 
     return load_text(folder, name=name or str(spec), **options)
 
 
 VERIFIER_NAMES = ("exact", "orm", "prm", "self", "ensemble")
+IMAGE_VERIFIER_NAMES = ("classifier", "clip", "aesthetic", "ensemble")
 
 
 def load_verifier(modality: str, spec: str | Path, model=None, **options):
@@ -63,8 +70,11 @@ def load_verifier(modality: str, spec: str | Path, model=None, **options):
     if spec == "ensemble" or ("," in spec and not Path(spec).exists()):
         from ponder.search.verifiers import ensemble
 
-        names = ["orm", "prm"] if spec == "ensemble" else [s.strip() for s in spec.split(",") if s.strip()]
+        default = ["classifier", "aesthetic"] if modality == "image" else ["orm", "prm"]
+        names = default if spec == "ensemble" else [s.strip() for s in spec.split(",") if s.strip()]
         return ensemble([load_verifier(modality, name, model=model, **options) for name in names], name=spec)
+    if modality == "image":
+        return _image_verifier(spec, **options)
     if spec == "self":
         if model is None:
             raise ConfigError("the self verifier scores with the generating model; pass model=")
@@ -96,6 +106,27 @@ def load_verifier(modality: str, spec: str | Path, model=None, **options):
                       "expected a *ForSequenceClassification (outcome) or *ForTokenClassification (process)")
 
 
+def _image_verifier(spec: str, **options):
+    """An image verifier (see `ponder.modalities.image.verifiers.load_image_verifier`); text-only names
+    are one clear error."""
+    key = spec.removeprefix("zoo:")
+    if key in VERIFIER_NAMES and not Path(spec).is_dir():
+        raise ConfigError(f"verifier {spec!r} scores text, not images; image verifiers: "
+                          f"{', '.join(IMAGE_VERIFIER_NAMES)}, a comma-separated list of them, or a local "
+                          "image-classifier or CLIP folder")
+    if not Path(spec).is_dir() and key in zoo.ZOO and zoo.entry(key).modality != "image":
+        raise ConfigError(f"zoo:{key} is a {zoo.entry(key).modality} {zoo.entry(key).kind}; it cannot score images")
+    if not Path(spec).is_dir() and key not in IMAGE_VERIFIER_NAMES and key not in zoo.ZOO:
+        raise ConfigError(f"unknown image verifier {spec!r}; use one of {', '.join(IMAGE_VERIFIER_NAMES)}, a "
+                          "comma-separated list of them, or a local image-classifier or CLIP folder")
+    if key == "clip" and "clip" not in zoo.ZOO:
+        raise ConfigError("the clip verifier needs CLIP weights: pass a local CLIPModel folder as the verifier "
+                          "(--verifier PATH)")
+    from ponder.modalities.image.verifiers import load_image_verifier
+
+    return load_image_verifier(spec, zoo_folder=zoo.folder, **options)
+
+
 # options every strategy passes through to its decoder (or the step-level machinery)
 DECODING_OPTIONS = frozenset({"decoder", "draft", "sampling", "max_new_tokens", "stop", "stream", "step_end",
                               "max_step_tokens"})
@@ -118,6 +149,35 @@ def check_options(strategy: str, strategy_fn: Callable, decoder: str, options: d
     if unknown:
         raise ConfigError(f"strategy {strategy!r} does not take option(s) {', '.join(unknown)}; "
                           f"it takes: {', '.join(sorted(allowed)) or 'none'}")
+
+
+# strategies that run on a `Denoiser` (the rest read tokens or steps of text)
+DENOISER_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random", "noise-zero-order", "noise-paths")
+
+
+def _check_denoiser_use(model, strategy: str, decoder, draft, calibrate, steps) -> None:
+    """ConfigError for options that do not fit the model: token decoders, drafts and calibration on a
+    diffusion model; denoising steps or noise search on a token model."""
+    from ponder.search.core import Denoiser
+
+    key = strategy.replace("_", "-") if isinstance(strategy, str) else strategy
+    if not isinstance(model, Denoiser):
+        if steps is not None:
+            raise ConfigError("steps (denoising steps) applies to diffusion models; this model decodes tokens")
+        if isinstance(key, str) and key.startswith("noise-"):
+            raise ConfigError(f"strategy {strategy!r} searches the initial noise of a diffusion model; "
+                              f"{getattr(model, 'name', 'this model')} decodes tokens")
+        return
+    if key not in DENOISER_STRATEGIES:
+        raise ConfigError(f"strategy {strategy!r} does not run on a diffusion model; use one of "
+                          f"{', '.join(DENOISER_STRATEGIES)}")
+    if decoder != "plain":
+        raise ConfigError(f"decoder {decoder!r} decodes tokens; a diffusion model denoises (its sampler is set at "
+                          "load time, e.g. sampler='ddim')")
+    if draft is not None:
+        raise ConfigError("a draft model speeds up token decoding; a diffusion model takes none")
+    if calibrate is not None:
+        raise ConfigError("calibrate draws token samples of the model; it is not available for diffusion models")
 
 
 def text_stop(model, stop: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
@@ -177,6 +237,9 @@ def generate(
             by step — beam, dvts, diverse-beam, particles — report each final output once).
         calibrate: score with the verifier's quantile among this many of the model's own samples
             per prompt (InfAlign's calibrated reward) instead of its raw score.
+            For a diffusion model (`Denoiser`) the token options (decoder, draft, sampling,
+            max_new_tokens, stop, stream, calibrate) do not apply; pass ``steps=K`` (denoising steps)
+            and a strategy of `DENOISER_STRATEGIES`.
         options: strategy-specific options (e.g. beam_width, weight_temperature, resampling,
             ess_threshold, gibbs_iterations, probe, confidence, abstain_below); an option the
             strategy does not take is an error naming the ones it does.
@@ -191,7 +254,11 @@ def generate(
     if modality not in MODALITIES:
         raise ConfigError(f"generate needs a model from ponder.load(...), got {type(model).__name__}")
     strategy_fn = get_strategy(strategy)
+    steps = options.pop("steps", None)
+    _check_denoiser_use(model, strategy, decoder, draft, calibrate, steps)
     check_options(strategy, strategy_fn, decoder, options)
+    if steps is not None:
+        options["steps"] = steps
     sampling = checked_sampling(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
     if isinstance(verifier, (str, Path)):
         verifier = load_verifier(modality, verifier, model=model)
