@@ -47,6 +47,8 @@ class Proposer(Protocol):
         """Row r kept its first num_accepted[r] drafts, then `final[r]` (not yet fed anywhere)."""
         ...
 
+    # optional: `verified(logits [B, W, V])`, called with each verify pass's logits before `accepted`
+
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """norm(max(0, p − q)) up to normalisation (sampling normalises): where to draw after a rejection.
@@ -199,6 +201,9 @@ def draft_and_verify(
         num_accepted, final = accept(verify_logits, drafts, draft_probs, sampling, generators)
         num_accepted, final = num_accepted.tolist(), final.tolist()
         truncate_rows(cache, start, [1 + n for n in num_accepted])
+        verified = getattr(proposer, "verified", None)
+        if verified is not None:
+            verified(verify_logits)  # Jacobi-style proposers draft from the verify pass itself
         proposer.accepted(num_accepted, final)
         width = max(num_accepted) + 1
         logp = torch.log_softmax(verify_logits[:, :width].float(), -1)  # [B, width, V]
