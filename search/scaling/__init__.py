@@ -4,7 +4,8 @@
 
 Names (CLI ``--strategy`` and ``ponder.generate(strategy=...)``; ``_`` and ``-`` are the same):
 sample, best-of-n, weighted-best-of-n, worst-of-n, self-consistency, rpc, beam, dvts, diverse-beam,
-particles, compute-optimal, adaptive.
+particles, compute-optimal, adaptive; over a diffusion `Denoiser`: noise-random, noise-zero-order,
+noise-paths.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from ponder.search.scaling.best_of_n import best_of_n, coverage, pass_at_k, weig
 from ponder.search.scaling.compute_optimal import compute_optimal
 from ponder.search.scaling.diverse_beam import diverse_beam
 from ponder.search.scaling.dvts import dvts
+from ponder.search.scaling.noise_paths import noise_paths
+from ponder.search.scaling.noise_random import noise_random
+from ponder.search.scaling.noise_zero_order import noise_zero_order
 from ponder.search.scaling.particle_filter import particle_filter
 from ponder.search.scaling.rpc import rpc
 from ponder.search.scaling.sample import sample
@@ -36,7 +40,12 @@ STRATEGIES: dict[str, Callable] = {
     "particles": particle_filter,
     "compute-optimal": compute_optimal,
     "adaptive": adaptive,
+    "noise-random": noise_random,
+    "noise-zero-order": noise_zero_order,
+    "noise-paths": noise_paths,
 }
+# strategies that search over a diffusion model's noise (they need a Denoiser)
+NOISE_STRATEGIES = ("noise-random", "noise-zero-order", "noise-paths")
 # strategies that read partial outputs step by step (they need a process verifier)
 STEP_STRATEGIES = ("beam", "dvts", "diverse-beam", "particles")
 
@@ -46,6 +55,7 @@ def get_strategy(name: str) -> Callable:
     return STRATEGIES[key] if key in STRATEGIES else lookup(STRATEGIES, "strategy", name)
 
 
-__all__ = ["STEP_STRATEGIES", "STRATEGIES", "adaptive", "beam_search", "best_of_n", "compute_optimal", "coverage",
-           "diverse_beam", "dvts", "get_strategy", "pass_at_k", "particle_filter", "rpc", "sample",
+__all__ = ["NOISE_STRATEGIES", "STEP_STRATEGIES", "STRATEGIES", "adaptive", "beam_search", "best_of_n",
+           "compute_optimal", "coverage", "diverse_beam", "dvts", "get_strategy", "noise_paths", "noise_random",
+           "noise_zero_order", "pass_at_k", "particle_filter", "rpc", "sample",
            "self_consistency", "weighted_best_of_n", "worst_of_n"]

@@ -1,0 +1,77 @@
+"""Pieces the noise searches over a `Denoiser` share: option checks, seeded noises, x0 predictions
+with their NFEs counted, and verifier scoring of decoded x0 (predictions) with its calls counted.
+
+Denoising itself is `ponder.search.scaling.denoise.denoise` (shared with sample / best-of-N): NFEs are
+the model's own per-row count, so a classifier-free-guidance pair costs 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ponder.errors import ConfigError
+from ponder.search.core import Candidate, Compute, Verifier, candidate_generators, candidate_seed
+from ponder.search.scaling.common import require_verifier
+from ponder.search.scaling.denoise import check_steps, mean_pairwise_distance, nfe_counter
+
+
+def positive_int(name: str, value: Any) -> int:
+    """`value` if it is a positive integer, else a ConfigError naming `name`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def no_extra_options(strategy: str, options: dict, allowed: Sequence[str]) -> None:
+    """A ConfigError naming the first option `strategy` does not take, and the ones it does."""
+    for name in options:
+        raise ConfigError(f"strategy {strategy!r} has no option {name!r}; its options: {', '.join(allowed)}")
+
+
+def check_search(model, verifier: Verifier | None, strategy: str, n: int, steps: int | None) -> tuple[Verifier, int]:
+    """Validate the options every noise search takes; returns (verifier, steps)."""
+    require_verifier(verifier, strategy)
+    positive_int("n", n)
+    if not all(hasattr(model, m) for m in ("timesteps", "noise", "step", "predict_x0", "renoise", "decode")):
+        raise ConfigError(f"strategy {strategy!r} searches over diffusion noise: it needs a Denoiser "
+                          f"(an image or music diffusion model), got {type(model).__name__}")
+    return verifier, check_steps(getattr(model, "default_steps", 20) if steps is None else steps)
+
+
+def seeded_noise(model, seed: int, indices: Sequence[int]) -> torch.Tensor:
+    """The initial noise of candidates `indices`: candidate i draws from generator (seed, i). -> [B, ...]"""
+    return model.noise(candidate_generators(seed, list(indices)))
+
+
+def predict_x0(model, x: torch.Tensor, t: float, cond: Any, compute: Compute) -> torch.Tensor:
+    """The model's x0 estimate of every row of x [B, ...] at time t (one NFE per row, counted)."""
+    with nfe_counter(model, compute):
+        return model.predict_x0(x, t, cond)
+
+
+def score_x0(model, verifier: Verifier, prompt: Any, x0: torch.Tensor, compute: Compute) -> tuple[list, list[float]]:
+    """Decode x0 [B, ...] and score the outputs: (outputs, scores); counts B verifier calls."""
+    outputs = model.decode(x0)
+    scores = verifier.score(prompt, outputs)  # [B]
+    compute.verifier_calls += len(outputs)
+    return outputs, [float(s) for s in scores.tolist()]
+
+
+def make_candidate(output: Any, score: float, seed: int, index: int, **meta) -> Candidate:
+    """A candidate whose seed is that of index `index` under base seed `seed`."""
+    return Candidate(output=output, score=score, seed=candidate_seed(seed, index), meta={"index": index, **meta})
+
+
+def base_config(model, prompt: Any, verifier: Verifier, strategy: str, n: int, seed: int, steps: int,
+                outputs: list) -> dict:
+    """The config fields every noise search records, with the diversity of the returned `outputs`
+    (mean pairwise distance: a score rising while it collapses hints at verifier hacking)."""
+    config = {"model": getattr(model, "name", type(model).__name__), "strategy": strategy, "prompt": prompt,
+              "verifier": getattr(verifier, "name", None), "n": n, "seed": seed, "steps": steps,
+              "diversity": mean_pairwise_distance(outputs)}
+    if hasattr(model, "info"):
+        config["model_info"] = model.info()
+    return config
