@@ -198,6 +198,40 @@ class KVCache:
             raise ValueError(f"truncate length {length} is outside the allowed range [0, {self.length}]")
         self._lengths = [min(layer_length, length) for layer_length in self._lengths]
 
+    def select_positions(self, start: int, index: Tensor) -> None:
+        """Compact chosen positions after ``start`` into contiguous positions (tree verification).
+
+        Row ``b``'s position ``start + index[b, j]`` moves to ``start + j`` in every layer, and the
+        cache keeps ``start + N`` positions: the accepted path of a verified token tree becomes the
+        sequence a plain forward over it would have stored (its keys were computed with the path's
+        positions and attention already).
+
+        Args:
+            start: first position the index refers to, in [0, length].
+            index: LongTensor [B, N] of offsets in [0, length - start), per row.
+
+        Raises:
+            ValueError: on a badly shaped index or offsets outside the stored range.
+        """
+        start = _as_index(start, "select_positions start")
+        if index.dim() != 2 or index.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"select_positions index must be a [B, N] integer tensor, got {index.dtype} "
+                             f"with shape {tuple(index.shape)}")
+        span = self.length - start
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= span):
+            raise ValueError(f"select_positions offsets must be in [0, {span}), got "
+                             f"[{int(index.min())}, {int(index.max())}]")
+        count = index.shape[1]
+        for layer in range(self._num_layers):
+            keys, values = self._keys[layer], self._values[layer]
+            if keys is None:
+                continue
+            _, heads, _, head_dim = keys.shape
+            source = (start + index.to(keys.device))[:, None, :, None].expand(-1, heads, -1, head_dim)  # [B, H, N, D]
+            keys[:, :, start:start + count] = keys.gather(2, source)
+            values[:, :, start:start + count] = values.gather(2, source)
+            self._lengths[layer] = start + count
+
     def reorder(self, index: Tensor) -> None:
         """Select or duplicate batch rows of every allocated layer (beam search, resampling).
 

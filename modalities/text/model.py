@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ponder.errors import InputError, ModelLoadError
 from ponder.kernels import KVCache
+from ponder.kernels.tree import tree_attention_bias, tree_positions
 from ponder.modalities.text.answers import extract_answer
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -95,6 +97,16 @@ def _hf_cache_classes():
             if mask is None:
                 mask = torch.ones(tuple(hidden.shape), dtype=torch.long, device=self.store.keys(0).device)
             self.attention_mask = mask.masked_fill(hidden.to(mask.device), 0)
+
+        def select_positions(self, start: int, index: torch.Tensor) -> None:
+            """Row b's position start + index[b, j] moves to start + j; length becomes start + N.
+            index: [B, N]. Compacts a verified tree's accepted path (see `KVCache.select_positions`)."""
+            with torch.inference_mode():  # the buffers are inference tensors (written under forward)
+                self.store.select_positions(start, index)
+            if self.attention_mask is not None:
+                mask = self.attention_mask
+                moved = mask.gather(1, start + index.to(mask.device))  # [B, N]
+                self.attention_mask = torch.cat([mask[:, :start], moved], dim=1)
 
         def reorder(self, index: torch.Tensor) -> None:
             """Keep / duplicate rows: row j becomes old row index[j]. index: [B']"""
@@ -287,25 +299,62 @@ class TextModel:
             positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -t:]  # [B, T]
         mask = full
         if tree_mask is not None:
-            # tree depth, not index, gives a draft token's position: depth = ancestors seen - 1
-            depth = tree_mask.long().sum(-1) - 1  # [B, T]
-            positions = positions[:, :1] + depth
+            # tree depth, not index, gives a draft token's position
+            positions = tree_positions(tree_mask, positions[:, 0])  # [B, T]
             if full is None:
                 full = torch.ones((b, length + t), dtype=torch.long, device=self.device)
-            mask = self._tree_mask_4d(full, tree_mask)
+            # [B, 1, T, L+T]: padding of the past, tree structure among the new tokens
+            mask = tree_attention_bias(full[:, :length], tree_mask.to(self.device), self.dtype)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **{self._cache_kwarg: cache})
         if full is not None and bool((full == 0).any()):
             cache.attention_mask = full
         return out.logits.float()
 
-    def _tree_mask_4d(self, full: torch.Tensor, tree_mask: torch.Tensor) -> torch.Tensor:
-        """Additive [B, 1, T, L+T] mask: padding of the past, tree structure among the new tokens."""
-        b, t = tree_mask.shape[:2]
-        past_len = full.shape[1] - t
-        allowed = torch.ones((b, t, full.shape[1]), dtype=torch.bool, device=self.device)  # [B, T, L+T]
-        allowed[:, :, :past_len] = full[:, None, :past_len].bool()
-        allowed[:, :, past_len:] = tree_mask.bool()
-        neg = torch.finfo(self.dtype).min
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill(
-            ~allowed, neg)[:, None]
+    # ---- what self-speculative decoders need ---------------------------------------------------
+
+    def _layer_list(self):
+        """The ModuleList of decoder layers (Llama / Qwen2 / Mistral: .layers, GPT-2: .h), or None."""
+        base = self.model.base_model
+        for attr in ("layers", "h"):
+            layers = getattr(base, attr, None)
+            if isinstance(layers, torch.nn.ModuleList):
+                return base, attr, layers
+        return None
+
+    @contextmanager
+    def skipping_layers(self, skip: Collection[int]) -> Iterator[None]:
+        """Inside the block, forwards run without the decoder layers in `skip` (layer-skip drafting).
+
+        The kept layers keep their own indices, so they read and write their own cache layers; the
+        skipped layers write nothing (roll the cache back to before the block to drop what the kept
+        layers wrote). Layer 0 must be kept: the cache's length is layer 0's.
+        """
+        found = self._layer_list()
+        if found is None:
+            raise ModelLoadError(f"model {self.name!r} ({type(self.model).__name__}) has no decoder layer list "
+                                 "that layer skipping knows (.layers or .h)")
+        base, attr, layers = found
+        skip = set(skip)
+        if 0 in skip or not skip <= set(range(len(layers))):
+            raise ValueError(f"skip must be layers in [1, {len(layers)}), got {sorted(skip)}")
+        setattr(base, attr, torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i not in skip]))
+        try:
+            yield
+        finally:
+            setattr(base, attr, layers)
+
+    @contextmanager
+    def capturing_hidden(self) -> Iterator[dict]:
+        """Inside the block, every forward / prefill leaves the final hidden states (what the LM head
+        reads) in the yielded dict under "hidden" ([B, T, H] float32) — what Medusa heads read."""
+        box: dict = {}
+
+        def grab(_module, args):
+            box["hidden"] = args[0].float()  # [B, T, H]
+
+        handle = self.model.get_output_embeddings().register_forward_pre_hook(grab)
+        try:
+            yield box
+        finally:
+            handle.remove()

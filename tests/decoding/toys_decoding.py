@@ -37,19 +37,30 @@ class ToyCache:
         assert hidden.shape == self.tokens.shape
         self.visible = self.visible & ~hidden
 
+    def select_positions(self, start: int, index: torch.Tensor) -> None:
+        """Row b's position start + index[b, j] moves to start + j (a verified tree's accepted path)."""
+        source = start + index  # [B, N]
+        self.tokens = torch.cat([self.tokens[:, :start], self.tokens.gather(1, source)], 1)
+        self.visible = torch.cat([self.visible[:, :start], self.visible.gather(1, source)], 1)
+
     def context(self, row: int) -> list[int]:
         return self.tokens[row][self.visible[row]].tolist()
 
 
 class NoHideCache(ToyCache):
     hide = None  # a cache without per-row rollback: decoders must go one row at a time
+    select_positions = None
+
+
+class HideOnlyCache(ToyCache):
+    select_positions = None  # tree rollback must fall back to hiding the rejected nodes
 
 
 class ToyChain:
     """Markov-ish chain over `vocab` tokens: logits = table[prev2, prev1] + position_bias[pos % 3]."""
 
     def __init__(self, vocab: int = 3, seed: int = 0, scale: float = 1.5, per_row_holes: bool = True,
-                 eos: int | None = None):
+                 eos: int | None = None, compact: bool = True):
         gen = torch.Generator().manual_seed(seed)
         self.vocab = vocab
         self.table = torch.randn((vocab + 1, vocab + 1, vocab), generator=gen) * scale  # [V+1, V+1, V]
@@ -57,6 +68,7 @@ class ToyChain:
         self.eos_token_ids = frozenset() if eos is None else frozenset({eos})
         self.context_length = 1024
         self.per_row_holes = per_row_holes
+        self.compact = compact  # False: the cache has no select_positions (tree rollback hides instead)
         self.name = f"toy{seed}"
 
     def encode(self, prompt):
@@ -66,7 +78,9 @@ class ToyChain:
         return list(ids)
 
     def new_cache(self):
-        return ToyCache() if self.per_row_holes else NoHideCache()
+        if not self.per_row_holes:
+            return NoHideCache()
+        return ToyCache() if self.compact else HideOnlyCache()
 
     def next_logits(self, context: list[int]) -> torch.Tensor:
         prev1 = context[-1] if context else self.vocab
@@ -84,14 +98,16 @@ class ToyChain:
         return torch.stack([self.next_logits(cache.context(r)) for r in range(len(prompt_ids))])  # [B, V]
 
     def forward(self, tokens: torch.Tensor, cache, attn_mask=None) -> torch.Tensor:
-        assert attn_mask is None
+        """attn_mask: optional [B, T, T] bool (a token tree): new token i sees the new tokens j with
+        mask[i, j] (itself included) after the whole visible cache; None is causal."""
         out = []
         for row in range(tokens.shape[0]):
-            context = cache.context(row)
+            past = cache.context(row)
+            new = tokens[row].tolist()
             row_logits = []
-            for token in tokens[row].tolist():
-                context = context + [token]
-                row_logits.append(self.next_logits(context))
+            for i in range(len(new)):
+                seen = range(i + 1) if attn_mask is None else [j for j in range(i + 1) if attn_mask[row, i, j]]
+                row_logits.append(self.next_logits(past + [new[j] for j in seen]))
             out.append(torch.stack(row_logits))
         cache.tokens = torch.cat([cache.tokens, tokens.cpu()], 1)
         cache.visible = torch.cat([cache.visible, torch.ones(tokens.shape, dtype=torch.bool)], 1)

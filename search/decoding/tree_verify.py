@@ -1,0 +1,348 @@
+"""Tree verification: score a batch of draft trees in ONE target forward, walk each row's accepted path.
+
+SpecInfer (Miao et al. 2024, *SpecInfer: Accelerating LLM Serving with Tree-based Speculative
+Inference and Verification*) verifies a token tree with a tree attention mask; its multi-draft
+rule is recursive rejection sampling (RRS), also used by RSD (Jeon et al. 2024).
+
+Rule, at every node on the walk from the root: the target gives p there. Greedy: emit argmax p.
+Sampled: try the node's draws x_1, x_2, … in the order they were drawn — accept x_i with
+probability min(1, p(x_i) / q_i(x_i)), on rejection set p ← norm(max(0, p − q_i)) and go on;
+when every draw is rejected, sample the residual p. q_i is the distribution x_i was drawn from
+(`rrs`: the node's draft q for i.i.d. draws, a one-hot for fixed choices; `rrs_without_replacement`:
+q with the earlier draws removed). Each emitted token is then distributed exactly as p. If the
+emitted token has a child node in the tree the walk moves there (its p is already computed), else
+the step ends with it as the final token. So every rule here is lossless; greedy equals plain greedy.
+
+After the walk the target cache keeps exactly the root plus the accepted nodes: their keys and
+values, computed with the path's positions and attention, are compacted to contiguous positions
+(`cache.select_positions`), or, for a cache without it, every other tree position is hidden.
+Rows draw only from their own generator, so a row's output does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ponder.errors import ConfigError
+from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample, sample_from_logits
+from ponder.kernels.tree import pack_trees, path_index, tree_mask
+from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.plain import StopFn, prefill_shared
+from ponder.search.decoding.rollback import can_hide, truncate_rows
+from ponder.search.decoding.speculative import residual
+
+# (p [V] target probs at the node, q [V] draft probs the draws came from or None, draws, generator)
+# -> the emitted token, distributed exactly as p
+AcceptRule = Callable[[torch.Tensor, "torch.Tensor | None", Sequence[int], "torch.Generator | None"], int]
+
+
+@dataclass
+class DraftTree:
+    """One row's draft tree. Node 0 is the root: the row's last emitted token, not yet fed.
+
+    tokens[i], parents[i]: node i's token and parent (parents[0] = -1, parents[i] < i).
+    draws: per node, the tokens drawn there in draw order (repeats allowed; may include tokens
+        that were not added to the tree). None: each node's children in index order.
+    q: [T, V] the distribution node i's draws were drawn from; None for fixed choices (top-k,
+        copied n-grams), which the sampled rules treat as one-hot proposals.
+    """
+
+    tokens: list[int]
+    parents: list[int]
+    draws: list[list[int]] | None = None
+    q: torch.Tensor | None = None
+    _children: list[dict[int, int]] | None = field(default=None, repr=False)
+
+    @classmethod
+    def chain(cls, root: int, drafts: Sequence[int]) -> DraftTree:
+        """A single path root -> d_1 -> ... -> d_k (what a chain drafter proposes)."""
+        return cls([root, *drafts], list(range(-1, len(drafts))))
+
+    def add(self, parent: int, token: int) -> int:
+        """Append a child of `parent` holding `token`; returns its node index."""
+        self.tokens.append(int(token))
+        self.parents.append(parent)
+        self._children = None
+        return len(self.tokens) - 1
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def children(self, node: int) -> dict[int, int]:
+        """token -> child node for `node` (the first child wins if two hold the same token)."""
+        if self._children is None:
+            self._children = [{} for _ in self.tokens]
+            for child in range(1, len(self.tokens)):
+                self._children[self.parents[child]].setdefault(self.tokens[child], child)
+        return self._children[node]
+
+    def node_draws(self, node: int) -> list[int]:
+        """The tokens drawn at `node`, in draw order."""
+        if self.draws is not None and node < len(self.draws):
+            return list(self.draws[node])
+        return [self.tokens[c] for c in range(node + 1, len(self.tokens)) if self.parents[c] == node]
+
+    def depths(self) -> list[int]:
+        depth = [0] * len(self.tokens)
+        for node in range(1, len(self.tokens)):
+            depth[node] = depth[self.parents[node]] + 1
+        return depth
+
+    def pruned(self, max_depth: int) -> DraftTree:
+        """The tree without nodes deeper than `max_depth` (their draws stay, as untried-in-tree tokens)."""
+        depth = self.depths()
+        keep = [n for n in range(len(self.tokens)) if depth[n] <= max_depth]
+        if len(keep) == len(self.tokens):
+            return self
+        new = {old: i for i, old in enumerate(keep)}
+        draws = None if self.draws is None else [self.draws[n] if n < len(self.draws) else [] for n in keep]
+        q = None if self.q is None else self.q[torch.tensor(keep, device=self.q.device)]
+        return DraftTree([self.tokens[n] for n in keep], [new.get(self.parents[n], -1) for n in keep],
+                         draws=draws, q=q)
+
+
+class TreeProposer(Protocol):
+    """Supplies draft trees for `tree_draft_and_verify`."""
+
+    def propose(self, last: list[int], limits: list[int]) -> list[DraftTree]:
+        """Given each row's last emitted token, one tree per row rooted at it, no deeper than
+        limits[r] (a root-only tree is a plain step)."""
+        ...
+
+    def accepted(self, paths: list[list[int]], final: list[int]) -> None:
+        """Row r accepted the draft tokens paths[r] (root excluded), then `final[r]` (not yet fed)."""
+        ...
+
+
+# ---- acceptance rules ---------------------------------------------------------------------------------
+
+
+def _uniform(generator) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _rejected(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p − q)) for [V] vectors: the target for the next draw after a rejection."""
+    rest = residual(p[None], q[None])[0]  # [V]
+    return rest / rest.sum()
+
+
+def _draw(p: torch.Tensor, generator) -> int:
+    return int(sample(p[None], None if generator is None else [generator])[0])
+
+
+def rrs(p: torch.Tensor, q: torch.Tensor | None, draws: Sequence[int], generator) -> int:
+    """Recursive rejection sampling over draws made i.i.d. from q (or fixed choices when q is None)."""
+    for token in draws:
+        q_i = torch.zeros_like(p).index_fill_(0, torch.tensor([token]), 1.0) if q is None else q
+        # q >= p: accept with probability p/q; q < p: always (u < 1 <= p/q)
+        if _uniform(generator) * float(q_i[token]) < float(p[token]):
+            return token
+        p = _rejected(p, q_i)
+    return _draw(p, generator)
+
+
+def rrs_without_replacement(p: torch.Tensor, q: torch.Tensor | None, draws: Sequence[int], generator) -> int:
+    """Recursive rejection sampling over draws made WITHOUT replacement from q (RSD, Gumbel-top-k):
+    the i-th draw came from q with the earlier draws removed and renormalised."""
+    if q is None:
+        return rrs(p, None, draws, generator)
+    q = q.clone()
+    for token in draws:
+        q_i = q / q.sum()
+        if _uniform(generator) * float(q_i[token]) < float(p[token]):
+            return token
+        p = _rejected(p, q_i)
+        q[token] = 0.0
+        if float(q.sum()) <= 0:
+            break
+    return _draw(p, generator)
+
+
+# ---- one verification step -----------------------------------------------------------------------------
+
+
+def verify_trees(model: SequenceModel, cache, trees: Sequence[DraftTree]) -> torch.Tensor:
+    """Feed every row's tree (root first) in one target forward with the tree attention mask.
+
+    Returns logits [B, T, V] (T = largest tree); node i's logits predict the token after node i's
+    path. The cache grows by T positions; call `keep_paths` after the walk.
+    """
+    tokens, parents = pack_trees([t.tokens for t in trees], [t.parents for t in trees])  # [B, T], [B, T]
+    device = getattr(model, "device", None)
+    if all(t.parents == list(range(-1, len(t) - 1)) for t in trees) and len({len(t) for t in trees}) == 1:
+        return model.forward(tokens.to(device), cache)  # equal chains: the causal mask is the tree mask
+    mask = tree_mask(parents)  # [B, T, T]
+    return model.forward(tokens.to(device), cache, attn_mask=mask.to(device))
+
+
+def walk_trees(logits: torch.Tensor, trees: Sequence[DraftTree], sampling: SamplingParams, generators,
+               rule: AcceptRule = rrs) -> tuple[list[list[int]], list[int]]:
+    """Walk every row's tree from the root with the acceptance `rule` (greedy: argmax p).
+
+    logits: [B, T, V] from `verify_trees`. Returns (paths, final): paths[r] the accepted node indices
+    of row r, root (0) first; final[r] the token emitted after the path (not in the cache).
+    """
+    batch, size, vocab = logits.shape
+    logits = logits.detach().cpu()
+    paths, finals = [], []
+    if sampling.greedy:
+        best = logits.argmax(-1).tolist()  # [B, T]
+        for row, tree in enumerate(trees):
+            path = [0]
+            while (child := tree.children(path[-1]).get(best[row][path[-1]])) is not None:
+                path.append(child)
+            paths.append(path)
+            finals.append(best[row][path[-1]])
+        return paths, finals
+    probs = probs_from_logits(logits.reshape(-1, vocab), sampling).view(batch, size, vocab)  # [B, T, V]
+    for row, tree in enumerate(trees):
+        gen = None if generators is None else generators[row]
+        path = [0]
+        while True:
+            node = path[-1]
+            q = None if tree.q is None else tree.q[node].detach().float().cpu()
+            token = rule(probs[row, node], q, tree.node_draws(node), gen)
+            child = tree.children(node).get(token)
+            if child is None:
+                break
+            path.append(child)
+        paths.append(path)
+        finals.append(token)
+    return paths, finals
+
+
+def keep_paths(cache, start: int, paths: Sequence[Sequence[int]]) -> None:
+    """Roll the cache back to row r's accepted nodes paths[r] (offsets from `start`, root first).
+
+    The path's positions are compacted to start .. start + len(path) (`cache.select_positions`), or,
+    for a cache without it, every other tree position is hidden. Either way the row continues exactly
+    as if only the path had been fed.
+    """
+    if all(list(p) == list(range(len(p))) for p in paths):  # every path is a prefix: plain rollback
+        truncate_rows(cache, start, [len(p) for p in paths])
+        return
+    if callable(getattr(cache, "select_positions", None)):
+        cache.select_positions(start, path_index(paths))  # [B, N]
+        truncate_rows(cache, start, [len(p) for p in paths])
+        return
+    hidden = torch.zeros((len(paths), cache.length), dtype=torch.bool)  # [B, L]
+    hidden[:, start:] = True
+    for row, path in enumerate(paths):
+        hidden[row, [start + n for n in path]] = False
+    cache.hide(hidden)
+
+
+def check_tree_cache(model: SequenceModel) -> None:
+    """ConfigError for a model whose cache can neither compact nor hide positions (no tree rollback)."""
+    cache = model.new_cache()
+    if not (callable(getattr(cache, "select_positions", None)) or can_hide(cache)):
+        raise ConfigError(f"tree decoders need a cache with select_positions or hide; "
+                          f"{getattr(model, 'name', 'this model')!r} has neither (use --decoder speculative)")
+
+
+def tree_draft_and_verify(
+    model: SequenceModel,
+    prompt_ids: Sequence[Sequence[int]],
+    make_proposer,
+    *,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    generators: list[torch.Generator] | None,
+    stop: StopFn | None,
+    stream: StreamCallback | None,
+    compute: Compute,
+    rule: AcceptRule = rrs,
+    stats: dict | None = None,
+) -> Decoded:
+    """The draft-tree-then-verify loop shared by every tree decoder.
+
+    `make_proposer(prompt_ids, compute, vocab)` builds a `TreeProposer`. Each step verifies every
+    row's tree in one target forward, walks it with `rule` (greedy when sampling is greedy), rolls
+    the cache back to each row's accepted path, and emits the accepted tokens plus the final one.
+    `stats`, when given, receives "steps" (verify forwards), "row_steps" (steps summed over active
+    rows), "accepted" (draft tokens accepted) and "tree_nodes" (nodes verified, roots included).
+    """
+    check_tree_cache(model)
+    batch = len(prompt_ids)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    logprobs: list[list[float]] = [[] for _ in range(batch)]
+    reasons = ["length"] * batch
+    if max_new_tokens <= 0 or batch == 0:
+        return Decoded(tokens, reasons, logprobs, compute)
+    eos = model.eos_token_ids
+    active = set(range(batch))
+
+    def emit(row: int, token: int, logp: float) -> None:
+        compute.tokens += 1
+        if token in eos:
+            reasons[row] = "eos"
+            active.discard(row)
+            return
+        tokens[row].append(token)
+        logprobs[row].append(logp)
+        if stream is not None:
+            stream(row, token)
+        if stop is not None and stop(row, tokens[row]):
+            reasons[row] = "stop"
+            active.discard(row)
+        elif len(tokens[row]) >= max_new_tokens:
+            active.discard(row)
+
+    cache = model.new_cache()
+    logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
+    compute.model_calls += 1
+    first = sample_from_logits(logits, sampling, generators).tolist()  # [B]
+    first_logp = torch.log_softmax(logits.float(), -1).cpu()  # [B, V]
+    for row in range(batch):
+        emit(row, first[row], float(first_logp[row, first[row]]))
+    if not active:
+        return Decoded(tokens, reasons, logprobs, compute)
+    last = first
+    proposer = make_proposer(prompt_ids, compute, logits.shape[-1])
+    steps = row_steps = accepted_total = nodes = 0
+    while active:
+        row_steps += len(active)
+        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) for r in range(batch)]
+        trees = [t.pruned(limit) for t, limit in zip(proposer.propose(last, limits), limits)]
+        for row, tree in enumerate(trees):
+            if not tree.tokens or tree.tokens[0] != last[row] or tree.parents[0] != -1:
+                raise ValueError(f"row {row}'s draft tree must be rooted at its last token {last[row]}")
+        start = cache.length
+        verify_logits = verify_trees(model, cache, trees)  # [B, T, V]
+        compute.model_calls += 1
+        paths, final = walk_trees(verify_logits, trees, sampling, generators, rule)
+        keep_paths(cache, start, paths)
+        proposer.accepted([[tree.tokens[n] for n in path[1:]] for tree, path in zip(trees, paths)], final)
+        logp = torch.log_softmax(verify_logits.float(), -1).cpu()  # [B, T, V]
+        steps += 1
+        for row in sorted(active):
+            tree, path = trees[row], paths[row]
+            chosen = [tree.tokens[n] for n in path[1:]] + [final[row]]
+            accepted_total += len(path) - 1
+            nodes += len(tree)
+            for node, token in zip(path, chosen):
+                emit(row, token, float(logp[row, node, token]))
+                if row not in active:
+                    break
+        last = final
+    if stats is not None:
+        for key, value in (("steps", steps), ("accepted", accepted_total), ("row_steps", row_steps),
+                           ("tree_nodes", nodes)):
+            stats[key] = stats.get(key, 0) + value
+    return Decoded(tokens, reasons, logprobs, compute)
+
+
+def check_tree_width(tree_width) -> int:
+    """ConfigError unless tree_width (children per node) is a positive integer."""
+    if isinstance(tree_width, bool) or not isinstance(tree_width, int) or tree_width <= 0:
+        raise ConfigError(f"tree_width must be a positive integer (children per node), got {tree_width!r}")
+    return tree_width
+
+
+__all__ = ["AcceptRule", "DraftTree", "TreeProposer", "check_tree_cache", "check_tree_width", "keep_paths",
+           "rrs", "rrs_without_replacement", "tree_draft_and_verify", "verify_trees", "walk_trees"]
