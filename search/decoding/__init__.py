@@ -11,12 +11,14 @@ from collections.abc import Callable
 from ponder.search.core import lookup
 from ponder.search.decoding.aded import aded
 from ponder.search.decoding.jacobi import jacobi
+from ponder.search.decoding.layer_skip import layer_skip
 from ponder.search.decoding.mc_sjd import mc_sjd
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
 from ponder.search.decoding.sjd import sjd
 from ponder.search.decoding.spec_adaptive import spec_adaptive
 from ponder.search.decoding.speculative import speculative
+from ponder.search.decoding.token_recycling import token_recycling
 
 DECODERS: dict[str, Callable] = {
     "plain": plain,
@@ -27,12 +29,28 @@ DECODERS: dict[str, Callable] = {
     "prompt-lookup": prompt_lookup,
     "spec-adaptive": spec_adaptive,
     "aded": aded,
+    "token-recycling": token_recycling,
+    "layer-skip": layer_skip,
 }
+
+# decoders whose output is NOT distributed as plain sampling's (refused under lossless=True / --lossless)
+LOSSY: frozenset[str] = frozenset()
+# lossless decoders that become lossy under an option value: decoder -> (option, lossy value)
+LOSSY_OPTIONS: dict[str, tuple[str, str]] = {}
+
+
+def is_lossy(name: str, options: dict | None = None) -> bool:
+    """Whether decoder `name` with `options` changes the output distribution (a lossy decoder)."""
+    if name in LOSSY:
+        return True
+    option = LOSSY_OPTIONS.get(name)
+    return option is not None and (options or {}).get(option[0]) == option[1]
 
 
 def get_decoder(name: str) -> Callable:
     return lookup(DECODERS, "decoder", name)
 
 
-__all__ = ["DECODERS", "aded", "get_decoder", "jacobi", "mc_sjd", "plain", "prompt_lookup", "sjd", "spec_adaptive",
+__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "get_decoder", "is_lossy", "jacobi", "layer_skip", "mc_sjd",
+           "plain", "prompt_lookup", "sjd", "spec_adaptive",
            "speculative"]
