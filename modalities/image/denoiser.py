@@ -274,6 +274,8 @@ class DiffusersDenoiser:
         load_kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
         if dtype is not None:
             load_kwargs["torch_dtype"] = getattr(torch, dtype)
+        # components saved as None (no safety checker, no T5 encoder) must be passed as None again
+        load_kwargs.update({k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]})
         if kind == "StableDiffusionPipeline":
             load_kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
@@ -454,11 +456,16 @@ class DiffusersDenoiser:
         q(x_t | x0) = a x0 + s noise."""
         a_from, s_from = self.sampler.alpha_sigma(t_from)
         a_to, s_to = self.sampler.alpha_sigma(t_to)
-        ratio = a_to / a_from
-        var = s_to * s_to - ratio * ratio * s_from * s_from
-        if var < -1e-9:
+        # noise level s / a (infinite at pure noise) may only grow
+        level_from = s_from / a_from if a_from > 0 else math.inf
+        level_to = s_to / a_to if a_to > 0 else math.inf
+        if level_to < level_from * (1 - 1e-9):
             raise ConfigError(f"renoise goes to a noisier time: {t_to} is less noisy than {t_from}")
-        return ratio * x + math.sqrt(max(var, 0.0)) * noise
+        if a_from == 0:  # pure noise stays pure noise
+            return x
+        ratio = a_to / a_from
+        var = max(s_to * s_to - ratio * ratio * s_from * s_from, 0.0)
+        return ratio * x + math.sqrt(var) * noise
 
     def decode(self, x0: torch.Tensor) -> list:
         """Clean samples [B, C, h, w] -> PIL images (through the VAE for latent models)."""
