@@ -46,6 +46,8 @@ ZOO: dict[str, ZooEntry] = {
     for e in [
         ZooEntry("arith", "text", "model", "LlamaForCausalLM (~14 M) solving multi-step arithmetic step by step"),
         ZooEntry("arith-draft", "text", "draft", "one-layer Llama distilled from arith, for speculative decoding"),
+        ZooEntry("arith-medusa", "text", "draft", "4 Medusa heads on the frozen arith target (--decoder medusa)",
+                 recipe="ponder.modalities.text.train_medusa"),
         ZooEntry("orm", "text", "verifier", "outcome verifier for arith: P(final answer correct)"),
         ZooEntry("prm", "text", "verifier", "process verifier for arith: P(step correct), every step"),
         ZooEntry("exact", "text", "verifier", "exact checker for arith: 1 if the answer is right (no weights)"),
@@ -55,6 +57,8 @@ ZOO: dict[str, ZooEntry] = {
                  recipe="ponder.modalities.image.train"),
         ZooEntry("digits-judge", "image", "verifier", "ResNetForImageClassification on disjoint digits: bench judge "
                  "only, never used by search", recipe="ponder.modalities.image.train"),
+        ZooEntry("digits-ar", "image", "model", "LlamaForCausalLM over a k-means codebook of 2x2 digit patches "
+                 "(64 tokens per 16x16 image), class token as prompt", recipe="ponder.modalities.image.train_ar"),
     ]
 }
 
