@@ -247,6 +247,7 @@ def generate(
         `ponder.search.core.Result`.
     """
     from ponder.kernels.sampling import SamplingParams
+    from ponder.search.core import Denoiser
     from ponder.search.scaling import get_strategy
     from ponder.search.scaling.common import checked_sampling
 
@@ -293,9 +294,12 @@ def generate(
             if not text.endswith("\ufffd"):  # else a multi-byte character waits for its next token
                 emit(row, text)
 
-    result = strategy_fn(model, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
-                         sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
-                         stream=token_stream, **options)
+    if isinstance(model, Denoiser):  # no token options: a diffusion strategy takes steps and its own options
+        result = strategy_fn(model, prompt, verifier, n=n, seed=seed, **options)
+    else:
+        result = strategy_fn(model, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
+                             sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
+                             stream=token_stream, **options)
     if stream is not None:  # flush what was held back (a row that ended inside a character)
         for c in result.candidates:
             if isinstance(c.output, str):

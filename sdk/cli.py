@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate with a strategy, a verifier and a decoder")
-    gen.add_argument("modality", help="text")
+    gen.add_argument("modality", help="text | image")
     gen.add_argument("--model", required=True, help="zoo:NAME or a local model folder")
     gen.add_argument("--prompt", required=True, help="the prompt (use $'...' for newlines in bash)")
     gen.add_argument("--strategy", default="sample",
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]; 0 = off")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    img = gen.add_argument_group("image diffusion models")
+    img.add_argument("--steps", type=int, default=None, help="denoising steps per sample (positive; default: the "
+                     "model's)")
+    img.add_argument("--size", default=None, metavar="HxW", help="image size in pixels, e.g. 32x32 or 32 (default: "
+                     "the model's; must be a multiple of its VAE / network factor)")
+    img.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (>= 1; 1 = off)")
+    img.add_argument("--sampler", default=None, help="ddim | euler | flow (default: the scheduler's kind)")
     opts = gen.add_argument_group("strategy options (only the ones a strategy takes are allowed)")
     for flag, kind, text in STRATEGY_FLAGS:
         opts.add_argument(flag, type=kind, default=None, help=text)
@@ -174,32 +181,105 @@ def cmd_generate(args) -> int:
 
     options = _strategy_options(args)
     check_options(args.strategy, get_strategy(args.strategy), args.decoder, options)
+    load_options = _image_load_options(args)
+    if args.steps is not None:
+        options["steps"] = args.steps
     _quiet_transformers()
-    model = ponder.load(args.modality, args.model, trust_remote_code=args.trust_remote_code)
+    model = ponder.load(args.modality, args.model, trust_remote_code=args.trust_remote_code, **load_options)
     result = ponder.generate(
         model, args.prompt, strategy=args.strategy, n=args.n, verifier=args.verifier, decoder=args.decoder,
         draft=args.draft, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, calibrate=args.calibrate, **options,
     )
     payload = result.to_dict()
+    images = _is_image(result.best.output if result.best is not None else None) or any(
+        _is_image(c.output) for c in result.candidates)
     if args.out is not None:
         files = []
         for i, cand in enumerate(result.candidates):
-            name = f"candidate_{i:03d}.txt"
-            _write_atomic(args.out / name, str(cand.output))
+            if _is_image(cand.output):
+                name = f"candidate_{i:03d}.png"
+                _write_atomic_bytes(args.out / name, _png(cand.output))
+            else:
+                name = f"candidate_{i:03d}.txt"
+                _write_atomic(args.out / name, str(cand.output))
             files.append(name)
+            if images:
+                payload["candidates"][i]["output"] = name
+        if result.best is not None and _is_image(result.best.output):
+            _write_atomic_bytes(args.out / "best.png", _png(result.best.output))
+            payload["best"]["output"] = "best.png"
+            files.append("best.png")
         payload["files"] = files
+    if images and args.out is None:  # a PIL image has no JSON form: describe it (with --out: its file name)
+        for entry, cand in zip([payload["best"], *payload["candidates"]], [result.best, *result.candidates]):
+            if entry is not None and _is_image(cand.output):
+                entry["output"] = f"<image {cand.output.width}x{cand.output.height} {cand.output.mode}>"
+    if args.out is not None:
         _write_atomic(args.out / "result.json", json.dumps(payload, indent=2) + "\n")
     if args.json:
         print(json.dumps(payload))
     else:
         best = result.best
-        print(best.output if best is not None else "(abstained)")
+        if best is None:
+            print("(abstained)")
+        elif images:
+            print(str(args.out / "best.png") if args.out is not None else payload["best"]["output"])
+        else:
+            print(best.output)
         c = result.compute
         scores = ", ".join("-" if x.score is None else f"{x.score:.3f}" for x in result.candidates)
+        cost = f"NFE {c.nfe}, verifier calls {c.verifier_calls}" if c.nfe else f"tokens {c.tokens}"
         print(f"# {len(result.candidates)} candidate(s); scores [{scores}]; model calls {c.model_calls}, "
-              f"tokens {c.tokens}, {c.seconds:.2f}s", file=sys.stderr)
+              f"{cost}, {c.seconds:.2f}s", file=sys.stderr)
     return 0
+
+
+def _image_load_options(args) -> dict:
+    """--size / --guidance-scale / --sampler as load options of an image model (ConfigError elsewhere)."""
+    given = {"--size": args.size, "--guidance-scale": args.guidance_scale, "--sampler": args.sampler}
+    if args.modality != "image":
+        used = [flag for flag, value in given.items() if value is not None]
+        if used:
+            raise ConfigError(f"{', '.join(used)} apply to image models, not {args.modality!r}")
+        if args.steps is not None:
+            raise ConfigError(f"--steps (denoising steps) applies to image diffusion models, not {args.modality!r}")
+        return {}
+    if args.steps is not None and args.steps <= 0:
+        raise ConfigError(f"--steps must be a positive integer (denoising steps), got {args.steps}")
+    options = {"guidance_scale": args.guidance_scale, "sampler": args.sampler}
+    if args.size is not None:
+        height, sep, width = args.size.lower().partition("x")
+        try:
+            options["height"] = int(height)
+            options["width"] = int(width) if sep else int(height)
+        except ValueError:
+            raise ConfigError(f"--size wants HEIGHTxWIDTH or one number of pixels, got {args.size!r}") from None
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _is_image(output) -> bool:
+    if output is None or "PIL" not in sys.modules:
+        return False
+    from PIL import Image
+
+    return isinstance(output, Image.Image)
+
+
+def _png(image) -> bytes:
+    """The PNG bytes of a PIL image (encoded in memory, so a file is written whole or not at all)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_atomic_bytes(path: Path, data: bytes) -> None:
+    from ponder.jobs.store import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
 
 
 def cmd_zoo(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ponder.errors import ModelLoadError
+from ponder.errors import ConfigError, ModelLoadError
 
 __all__ = ["load"]
 
@@ -28,9 +28,15 @@ def load(folder, *, name: str | None = None, **options):
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelLoadError(f"image model folder {str(folder)!r} does not exist")
+    options = {k: v for k, v in options.items() if v is not None}
     if (folder / "model_index.json").is_file():
-        from ponder.modalities.image.denoiser import DiffusersDenoiser
+        from ponder.modalities.image.denoiser import LOAD_OPTIONS, DiffusersDenoiser
 
+        options.pop("trust_remote_code", None)  # pipelines load diffusers' own classes only
+        unknown = sorted(set(options) - set(LOAD_OPTIONS))
+        if unknown:
+            raise ConfigError(f"diffusion image models do not take option(s) {', '.join(unknown)}; they take: "
+                              f"{', '.join(LOAD_OPTIONS)}")
         return DiffusersDenoiser.from_folder(folder, name=name, **options)
     try:
         from ponder.modalities.image.ar import load_ar

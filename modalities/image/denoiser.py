@@ -45,6 +45,8 @@ import torch
 from ponder.errors import ConfigError, InputError, ModelLoadError
 
 SAMPLERS = ("ddim", "euler", "flow")
+# what `DiffusersDenoiser.from_folder` takes besides the folder and name
+LOAD_OPTIONS = ("sampler", "guidance_scale", "height", "width", "steps", "dtype", "device")
 # pipeline class -> how the network is called
 FAMILIES = {
     "DDPMPipeline": "unet", "DDIMPipeline": "unet",
@@ -239,8 +241,8 @@ class DiffusersDenoiser:
     @classmethod
     def from_folder(cls, folder: str | Path, *, name: str | None = None, sampler: str | None = None,
                     guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
-                    steps: int | None = None, dtype: str | None = None, device: str | None = None,
-                    **_ignored) -> DiffusersDenoiser:
+                    steps: int | None = None, dtype: str | None = None,
+                    device: str | None = None) -> DiffusersDenoiser:
         """Load the pipeline in `folder` (``model_index.json``), local files and safetensors only.
 
         Args:
@@ -273,6 +275,8 @@ class DiffusersDenoiser:
         pipe_cls = getattr(diffusers, kind)
         load_kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
         if dtype is not None:
+            if dtype not in ("float32", "float16", "bfloat16"):
+                raise ConfigError(f"unknown dtype {dtype!r}; allowed: float32, float16, bfloat16")
             load_kwargs["torch_dtype"] = getattr(torch, dtype)
         # components saved as None (no safety checker, no T5 encoder) must be passed as None again
         load_kwargs.update({k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]})
@@ -501,4 +505,4 @@ class DiffusersDenoiser:
                 "default_steps": self.default_steps}
 
 
-__all__ = ["SAMPLERS", "Condition", "DiffusersDenoiser"]
+__all__ = ["LOAD_OPTIONS", "SAMPLERS", "Condition", "DiffusersDenoiser"]
