@@ -10,15 +10,20 @@ from collections.abc import Callable
 
 from ponder.search.core import lookup
 from ponder.search.decoding.aded import aded
+from ponder.search.decoding.dyspec import dyspec
 from ponder.search.decoding.jacobi import jacobi
 from ponder.search.decoding.layer_skip import layer_skip
 from ponder.search.decoding.mc_sjd import mc_sjd
+from ponder.search.decoding.medusa import medusa
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
+from ponder.search.decoding.rsd import rsd
 from ponder.search.decoding.sjd import sjd
 from ponder.search.decoding.spec_adaptive import spec_adaptive
+from ponder.search.decoding.spectr import spectr
 from ponder.search.decoding.speculative import speculative
 from ponder.search.decoding.token_recycling import token_recycling
+from ponder.search.decoding.tree import tree
 
 DECODERS: dict[str, Callable] = {
     "plain": plain,
@@ -28,15 +33,20 @@ DECODERS: dict[str, Callable] = {
     "speculative": speculative,
     "prompt-lookup": prompt_lookup,
     "spec-adaptive": spec_adaptive,
+    "tree": tree,
+    "dyspec": dyspec,
+    "rsd": rsd,
+    "spectr": spectr,
     "aded": aded,
     "token-recycling": token_recycling,
     "layer-skip": layer_skip,
+    "medusa": medusa,
 }
 
 # decoders whose output is NOT distributed as plain sampling's (refused under lossless=True / --lossless)
 LOSSY: frozenset[str] = frozenset()
 # lossless decoders that become lossy under an option value: decoder -> (option, lossy value)
-LOSSY_OPTIONS: dict[str, tuple[str, str]] = {}
+LOSSY_OPTIONS: dict[str, tuple[str, str]] = {"medusa": ("acceptance", "typical")}
 
 
 def is_lossy(name: str, options: dict | None = None) -> bool:
@@ -51,6 +61,5 @@ def get_decoder(name: str) -> Callable:
     return lookup(DECODERS, "decoder", name)
 
 
-__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "get_decoder", "is_lossy", "jacobi", "layer_skip", "mc_sjd",
-           "plain", "prompt_lookup", "sjd", "spec_adaptive",
-           "speculative"]
+__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "dyspec", "get_decoder", "is_lossy", "jacobi", "layer_skip",
+           "mc_sjd", "medusa", "plain", "prompt_lookup", "rsd", "sjd", "spec_adaptive", "spectr", "speculative", "tree"]

@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 
 from ponder.errors import ConfigError
-from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample, sample_from_logits
+from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample_from_logits
 from ponder.kernels.tree import pack_trees, path_index, tree_mask
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 from ponder.search.decoding.plain import StopFn, prefill_shared
@@ -132,7 +132,11 @@ def _rejected(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _draw(p: torch.Tensor, generator) -> int:
-    return int(sample(p[None], None if generator is None else [generator])[0])
+    """One token from weights p [V] by the inverse CDF of one uniform from `generator`."""
+    cumulative = p.cumsum(0)  # [V]
+    target = _uniform(generator) * float(cumulative[-1])
+    token = int(torch.searchsorted(cumulative, torch.tensor([target], dtype=cumulative.dtype), right=True)[0])
+    return min(token, int(p.nonzero()[-1]))  # rounding past the end: the last drawable token
 
 
 def rrs(p: torch.Tensor, q: torch.Tensor | None, draws: Sequence[int], generator) -> int:
@@ -307,7 +311,7 @@ def tree_draft_and_verify(
     steps = row_steps = accepted_total = nodes = 0
     while active:
         row_steps += len(active)
-        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) for r in range(batch)]
+        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) if r in active else 0 for r in range(batch)]
         trees = [t.pruned(limit) for t, limit in zip(proposer.propose(last, limits), limits)]
         for row, tree in enumerate(trees):
             if not tree.tokens or tree.tokens[0] != last[row] or tree.parents[0] != -1:
