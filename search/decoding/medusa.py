@@ -1,0 +1,203 @@
+"""Medusa decoding: extra heads on the target's last hidden state draft the next few tokens.
+
+Cai, Li, Geng, Peng, Lee, Chen and Dao 2024, *Medusa: Simple LLM Inference Acceleration Framework
+with Multiple Decoding Heads*. Rule: the hidden state h that produced the last token also feeds K
+heads; head k proposes token t+k+1. No draft model runs: the drafts of a step come from the hidden
+state of the previous verify forward (the position whose logits gave the final token).
+Acceptance "rejection" (lossless): with tree_width 1 the heads' top-1 tokens (greedy) or draws
+from their distributions (sampled) form a chain verified by speculative sampling's rule
+(`speculative.py`); with tree_width w > 1 each head's top-w tokens branch off the top-1 path (a
+sparse Medusa tree, K·w + 1 nodes) verified in one forward by recursive rejection sampling over
+fixed choices (`tree_verify.py`). Acceptance "typical" (Medusa's typical acceptance, LOSSY): accept
+draft d_j while p_j(d_j) > min(ε, δ·exp(−H(p_j))), then sample the next token from p — faster at
+high temperature, but the output is no longer distributed as plain sampling's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ponder.errors import ConfigError
+from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample
+from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.plain import StopFn
+from ponder.search.decoding.rollback import can_hide
+from ponder.search.decoding.speculative import accept_drafts, draft_and_verify, draw_draft, per_row
+from ponder.search.decoding.tree_verify import DraftTree, check_tree_width, tree_draft_and_verify
+
+ACCEPTANCE = ("rejection", "typical")
+
+
+def typical_rule(epsilon: float, delta: float):
+    """Medusa's typical acceptance as an `accept_drafts`-shaped rule (LOSSY).
+
+    Accept d_j while p_j(d_j) > min(ε, δ·exp(−H(p_j))) (p after temperature / top-k / top-p), then
+    draw the next token from p at the first refused position (or the bonus position). Greedy: exact
+    match, as in plain greedy."""
+
+    def accept(logits, drafts, draft_probs, sampling, generators):
+        if sampling.greedy:
+            return accept_drafts(logits, drafts, None, sampling, generators)
+        batch, _, vocab = logits.shape
+        lengths = torch.tensor([len(d) for d in drafts])  # [B]
+        longest = int(lengths.max()) if batch else 0
+        p = probs_from_logits(logits[:, :longest + 1].cpu().reshape(-1, vocab), sampling)
+        p = p.view(batch, longest + 1, vocab)  # [B, K+1, V]
+        ids = torch.zeros((batch, max(longest, 1)), dtype=torch.long)  # [B, K]
+        for row, tokens in enumerate(drafts):
+            ids[row, :len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
+        ids = ids[:, :longest]
+        p_draft = p[:, :longest].gather(2, ids[..., None])[..., 0]  # [B, K]
+        entropy = -(p[:, :longest] * p[:, :longest].clamp_min(1e-12).log()).sum(-1)  # [B, K]
+        bound = torch.minimum(torch.full_like(entropy, epsilon), delta * torch.exp(-entropy))  # [B, K]
+        valid = torch.arange(longest)[None, :] < lengths[:, None]  # [B, K]
+        num_accepted = ((p_draft > bound) & valid).long().cumprod(1).sum(1)  # [B]
+        return num_accepted, sample(p[torch.arange(batch), num_accepted], generators)
+
+    return accept
+
+
+class MedusaProposer:
+    """Chain drafts from the heads: top-1 (greedy) or one draw per head from its distribution."""
+
+    def __init__(self, heads, box: dict, batch: int, sampling: SamplingParams, generators, draft_len: int):
+        self.heads, self.box, self.sampling, self.generators = heads, box, sampling, generators
+        self.draft_len = draft_len
+        hidden = box["hidden"][:, -1]  # [B or 1, H]: the prefill's last position gave the first token
+        self.hidden = hidden.expand(batch, -1) if hidden.shape[0] != batch else hidden  # [B, H]
+
+    def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
+        logits = self.heads.head_logits(self.hidden)[:, :self.draft_len]  # [B, K, V]
+        columns, probs = [], []
+        for k in range(logits.shape[1]):
+            drafting = [r for r in range(len(last)) if limits[r] > k]  # a row draws only what it can use
+            if not drafting:
+                break
+            token, q = draw_draft(logits[:, k], drafting, self.sampling, self.generators)  # [B], [B, V]
+            columns.append(token.tolist())
+            probs.append(q)
+        self.drafts = [[col[r] for col in columns][:limits[r]] for r in range(len(last))]
+        if not columns or self.sampling.greedy:
+            return self.drafts, None
+        return self.drafts, torch.stack(probs, 1)  # [B, m, V]
+
+    def accepted(self, num_accepted: list[int], final: list[int]) -> None:
+        hidden = self.box["hidden"]  # [B, W, H] of the verify forward
+        self.hidden = hidden[torch.arange(hidden.shape[0]), torch.tensor(num_accepted)]  # [B, H]
+
+
+class MedusaTreeProposer(MedusaProposer):
+    """A sparse tree: each head's top-w tokens hang off the top-1 path; fixed choices (q = None)."""
+
+    def __init__(self, *args, tree_width: int):
+        super().__init__(*args)
+        self.tree_width = tree_width
+
+    def propose(self, last: list[int], limits: list[int]) -> list[DraftTree]:
+        logits = self.heads.head_logits(self.hidden)[:, :self.draft_len]  # [B, K, V]
+        top = logits.topk(min(self.tree_width, logits.shape[-1]), dim=-1).indices.tolist()  # [B, K, w]
+        self.trees = []
+        for row, root in enumerate(last):
+            tree, spine = DraftTree([root], [-1]), 0
+            for k in range(min(limits[row], logits.shape[1])):
+                children = [tree.add(spine, token) for token in top[row][k]]
+                spine = children[0]  # the top-1 token carries the path on
+            self.trees.append(tree)
+        return self.trees
+
+    def accepted(self, paths: list[list[int]], final: list[int]) -> None:
+        hidden = self.box["hidden"]  # [B, T, H] of the tree forward (node i at position i)
+        nodes = []
+        for tree, path in zip(self.trees, paths):
+            node = 0
+            for token in path:
+                node = tree.children(node)[token]
+            nodes.append(node)
+        self.hidden = hidden[torch.arange(hidden.shape[0]), torch.tensor(nodes)]  # [B, H]
+
+
+def medusa(
+    model: SequenceModel,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    generators: list[torch.Generator] | None = None,
+    stop: StopFn | None = None,
+    stream: StreamCallback | None = None,
+    draft=None,
+    draft_len: int | None = None,
+    tree_width: int = 1,
+    acceptance: str = "rejection",
+    typical_epsilon: float = 0.3,
+    typical_delta: float = 0.09,
+    stats: dict | None = None,
+) -> Decoded:
+    """Decode with Medusa heads drafting from the target's own hidden states.
+
+    Args:
+        model, prompt_ids, sampling, max_new_tokens, generators, stop, stream: as in `plain`; the model
+            must offer `capturing_hidden` (every `TextModel` does).
+        draft: the Medusa heads trained for `model` (``--draft zoo:arith-medusa``).
+        draft_len: heads used per step (default: all of them).
+        tree_width: 1 drafts a chain; w > 1 verifies each head's top-w tokens as a tree (lossless).
+        acceptance: "rejection" (lossless) or "typical" (LOSSY, chain only).
+        typical_epsilon, typical_delta: typical acceptance's ε (hard bound) and δ (entropy-scaled bound).
+        stats: optional dict; receives "steps", "accepted", "row_steps" (and "tree_nodes" for trees).
+    Returns:
+        `Decoded`. "rejection": distributed exactly as plain sampling from `model`, greedy equals plain
+        greedy. "typical": greedy equals plain greedy; sampled output is biased toward likely tokens.
+    """
+    if not callable(getattr(draft, "head_logits", None)):
+        raise ConfigError("decoder 'medusa' needs Medusa heads trained for the target as --draft "
+                          f"(e.g. zoo:arith-medusa), got {getattr(draft, 'name', draft)!r}")
+    if not callable(getattr(model, "capturing_hidden", None)):
+        raise ConfigError(f"decoder 'medusa' reads the target's hidden states; {getattr(model, 'name', 'model')!r} "
+                          "cannot expose them")
+    if draft_len is None:
+        draft_len = draft.num_heads
+    if isinstance(draft_len, bool) or not isinstance(draft_len, int) or not 1 <= draft_len <= draft.num_heads:
+        raise ConfigError(f"draft_len for medusa must be an integer in [1, {draft.num_heads}] (the heads there are), "
+                          f"got {draft_len!r}")
+    tree_width = check_tree_width(tree_width)
+    if acceptance not in ACCEPTANCE:
+        raise ConfigError(f"acceptance must be one of {', '.join(ACCEPTANCE)} (typical is lossy), got {acceptance!r}")
+    if acceptance == "typical" and tree_width > 1:
+        raise ConfigError("typical acceptance verifies a chain; use tree_width 1 with acceptance 'typical'")
+    for key, value in (("typical_epsilon", typical_epsilon), ("typical_delta", typical_delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{key} must be in (0, 1), got {value!r}")
+    if len(prompt_ids) > 1 and not can_hide(model.new_cache()):
+        return per_row(medusa, model, prompt_ids, generators=generators, stream=stream, stop=stop, sampling=sampling,
+                       max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len, tree_width=tree_width,
+                       acceptance=acceptance, typical_epsilon=typical_epsilon, typical_delta=typical_delta,
+                       stats=stats)
+    compute = Compute()
+    loop = dict(sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                compute=compute, stats=stats)
+    with compute.timed(), model.capturing_hidden() as box:
+        def check(box):
+            width = box["hidden"].shape[-1]
+            if width != draft.hidden_size:
+                raise ConfigError(f"Medusa heads {getattr(draft, 'name', '')!r} read hidden size {draft.hidden_size}, "
+                                  f"but {getattr(model, 'name', 'the model')!r} has {width}: heads work only "
+                                  "with the target they were trained on")
+
+        def make_chain(prompts, compute, vocab):
+            check(box)
+            return MedusaProposer(draft, box, len(prompts), sampling, generators, draft_len)
+
+        def make_tree(prompts, compute, vocab):
+            check(box)
+            return MedusaTreeProposer(draft, box, len(prompts), sampling, generators, draft_len,
+                                      tree_width=tree_width)
+
+        if tree_width > 1:
+            return tree_draft_and_verify(model, prompt_ids, make_tree, **loop)
+        rule = typical_rule(typical_epsilon, typical_delta) if acceptance == "typical" else None
+        return draft_and_verify(model, prompt_ids, make_chain, accept=rule, **loop)
+
+
+__all__ = ["ACCEPTANCE", "MedusaProposer", "MedusaTreeProposer", "medusa", "typical_rule"]
