@@ -51,6 +51,12 @@ def _speculative(**kw):
     return run(**kw)
 
 
+def _images(**kw):
+    from ponder.bench.images import run
+
+    return run(**kw)
+
+
 BENCHES: dict[str, BenchSpec] = {
     "text-overhead": BenchSpec("ponder plain decoding vs HF generate on zoo:arith (tokens/s ratio, goal >= 0.9)",
                                _text_overhead),
@@ -62,6 +68,8 @@ BENCHES: dict[str, BenchSpec] = {
                               "(writes JSON + PNG; goal: best-of-16 <= 3x one sample)", _text_scaling),
     "speculative": BenchSpec("speculative / prompt lookup vs plain decoding and HF assisted generation / prompt "
                              "lookup on zoo:arith (goals: >= 2.0x plain at T=0, >= 1.3x HF assisted)", _speculative),
+    "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
+                        "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
 }
 
 

@@ -1,0 +1,39 @@
+"""`ponder bench images` in quick mode: the --json shape, equal-NFE rows for every method, plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ponder import zoo
+from ponder.bench import BENCHES, run
+from ponder.bench.images import METHODS, paths_n, zero_order_shape
+
+
+def test_budget_shapes_spend_exactly_the_budget():
+    for evaluations in (2, 4, 8, 16, 32):
+        n, iterations = zero_order_shape(evaluations)
+        assert n * iterations == evaluations and n >= 2
+    assert paths_n(8, 4) == 0 and paths_n(16, 4) == 1 and paths_n(128, 4) == 10
+
+
+@pytest.mark.skipif(not zoo.entry("digits").built, reason="zoo:digits weights not built")
+def test_quick_images_bench_has_the_json_shape_and_equal_nfe_rows(tmp_path):
+    assert "images" in BENCHES
+    report = run("images", quick=True, plot_dir=tmp_path)
+    json.dumps(report)  # JSON-serialisable as --json prints it
+    assert report["bench"] == "images" and report["machine"]
+    part_a = [r for r in report["rows"] if r["part"] == "a"]
+    assert {(r["method"], r["nfe_budget"]) for r in part_a} == {
+        (m, b) for m in METHODS for b in (8, 16) if not (m == "paths" and b == 8)}  # paths needs >= 12 NFEs
+    for r in part_a:
+        assert r["nfe_used"] <= r["nfe_budget"]
+        if r["method"] != "paths":
+            assert r["nfe_used"] == r["nfe_budget"]
+        assert 0.0 <= r["judge_accuracy"] <= 1.0 and 0.0 <= r["verifier_score"] <= 1.0
+    names = [g["name"] for g in report["goals"]]
+    assert any(n.startswith("random judge accuracy") for n in names)
+    for g in report["goals"]:
+        assert set(g) == {"name", "target", "value", "met"} and isinstance(g["met"], bool)
+    assert (tmp_path / "images.png").stat().st_size > 0 and (tmp_path / "images-grid.png").stat().st_size > 0
