@@ -77,6 +77,29 @@ def _batches(x: torch.Tensor, y: torch.Tensor, cfg: ImageRecipe, generator: torc
             yield x[idx], y[idx]
 
 
+def _fit(name: str, model, opt, cfg: ImageRecipe, loss_fn, log, clip: float | None = None,
+         after_step=None) -> list[dict]:
+    """The training loop every recipe shares: warm-up + cosine lr, `loss_fn(step)`, optional gradient
+    clipping and a hook after each step; returns the loss history (every 100 steps and the last)."""
+    start, history = time.time(), []
+    model.train()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": round(loss.item(), 4)})
+            log(f"[{name}] step {step + 1}/{cfg.steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+    return history
+
+
 def _save(out_dir: Path, write) -> None:
     """Run `write(tmp_dir)` and move the finished folder into place (no half-written zoo folder)."""
     out_dir = Path(out_dir)
@@ -140,22 +163,16 @@ def train_classifier(name: str, out_dir: Path, cfg: ImageRecipe, log=print) -> d
     model = _classifier(name, cfg)
     x, y = digits.load(cfg.split)
     xh, yh = digits.load("heldout")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
     batches = _batches(x, y, cfg, gen)
-    start, history = time.time(), []
-    model.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+
+    def loss_fn(step: int) -> torch.Tensor:
         xb, yb = next(batches)
         logits = model(pixel_values=rgb(digits.augment(xb, gen))).logits  # [B, 10]
-        loss = F.cross_entropy(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            history.append({"step": step + 1, "loss": round(loss.item(), 4)})
-            log(f"[{name}] step {step + 1}/{cfg.steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+        return F.cross_entropy(logits, yb)
+
+    start = time.time()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
+    history = _fit(name, model, opt, cfg, loss_fn, log)
     metrics = {"heldout_accuracy": round(classifier_accuracy(model, xh, yh), 4),
                "train_accuracy": round(classifier_accuracy(model, x, y), 4),
                "heldout_images": len(yh), "train_seconds": round(time.time() - start, 1)}
@@ -229,29 +246,24 @@ def train_diffusion(out_dir: Path, cfg: ImageRecipe, log=print) -> dict:
     ema.requires_grad_(False)
     sched = scheduler()
     x, y = digits.load(cfg.split)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     batches = _batches(x, y, cfg, gen)
-    start, history = time.time(), []
-    unet.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+
+    def loss_fn(step: int) -> torch.Tensor:
         x0, labels = next(batches)
         noise = torch.randn(x0.shape, generator=gen)  # [B, 1, 16, 16]
         t = torch.randint(0, sched.config.num_train_timesteps, (len(labels),), generator=gen)  # [B]
         x_t = sched.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(x_t, t, class_labels=labels).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_decay else 0.0
+        return F.mse_loss(unet(x_t, t, class_labels=labels).sample, noise)
+
+    def update_ema(step: int) -> None:
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            history.append({"step": step + 1, "loss": round(loss.item(), 4)})
-            log(f"[digits] step {step + 1}/{cfg.steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+
+    start = time.time()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    history = _fit("digits", unet, opt, cfg, loss_fn, log, clip=1.0, after_step=update_ema)
     ema.eval()
     metrics = {"train_seconds": round(time.time() - start, 1), **_judge_plain_samples(ema, out_dir.parent, cfg, log)}
     card = {"name": "digits", "kind": "UNet2DModel + DDIMScheduler (class-conditional diffusion, DDIMPipeline folder)",
