@@ -36,7 +36,8 @@ STRATEGY_FLAGS = [
     ("--probe", int, "compute-optimal: samples that estimate difficulty"),
     ("--confidence", float, "adaptive: stop once the best score (or the vote share) reaches this"),
     ("--abstain-below", float, "return no answer when the best score is below this"),
-    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup: tokens drafted per step (most, for adaptive)"),
+    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup, layer-skip, medusa, bild, ead: tokens "
+                        "drafted per step (most, for adaptive ones)"),
     ("--threshold", float, "spec-adaptive: stop drafting once P(any rejection) exceeds this, in (0, 1)"),
 ]
 
@@ -76,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--verifier", default=None,
                      help="exact | orm | prm | self | ensemble | a,b (ensemble of names) | a local verifier folder")
     gen.add_argument("--decoder", default="plain",
-                     help="plain | speculative | spec-adaptive | prompt-lookup (all lossless; default: plain)")
+                     help="lossless: plain | speculative | spec-adaptive | prompt-lookup | tree | dyspec | rsd | "
+                          "spectr | token-recycling | aded | lookahead | jacobi | layer-skip | medusa; "
+                          "LOSSY (output not distributed as plain sampling's; refused by --lossless): bild | ead | "
+                          "medusa with --option acceptance=typical; auto: the fastest lossless decoder measured for "
+                          "this workload (speed history of `ponder bench speculative`, --option history=DIR) "
+                          "(default: plain)")
+    gen.add_argument("--lossless", action="store_true",
+                     help="refuse lossy decoders (bild, ead, medusa typical acceptance): one error, exit 2")
     gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
@@ -150,10 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_atomic(path: Path, data: str) -> None:
     """Temp file in the same folder, fsync, rename: a reader never sees half a file."""
+    _write_atomic_bytes(path, data.encode())
+
+
+def _write_atomic_bytes(path: Path, data: bytes) -> None:
     from ponder.jobs.store import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data.encode())
+    write_atomic(path, data)
 
 
 def _quiet_transformers() -> None:
@@ -176,11 +188,12 @@ def cmd_generate(args) -> int:
 
     # bad sampling options, strategy names and options fail before any model loads
     checked_sampling(SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p))
-    from ponder.api import check_options
+    from ponder.api import check_lossless, check_options
     from ponder.search.scaling import get_strategy
 
     options = _strategy_options(args)
     check_options(args.strategy, get_strategy(args.strategy), args.decoder, options)
+    check_lossless(args.decoder, options, args.lossless)  # before any model loads
     load_options = _image_load_options(args)
     if args.steps is not None:
         options["steps"] = args.steps
@@ -189,34 +202,33 @@ def cmd_generate(args) -> int:
     result = ponder.generate(
         model, args.prompt, strategy=args.strategy, n=args.n, verifier=args.verifier, decoder=args.decoder,
         draft=args.draft, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, calibrate=args.calibrate, **options,
+        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, calibrate=args.calibrate,
+        lossless=args.lossless, **options,
     )
     payload = result.to_dict()
-    images = _is_image(result.best.output if result.best is not None else None) or any(
-        _is_image(c.output) for c in result.candidates)
+    images = any(_is_image(c.output) for c in [result.best, *result.candidates] if c is not None)
     if args.out is not None:
+        from ponder.jobs.outputs import encoder_for
+
         files = []
         for i, cand in enumerate(result.candidates):
-            if _is_image(cand.output):
-                name = f"candidate_{i:03d}.png"
-                _write_atomic_bytes(args.out / name, _png(cand.output))
-            else:
-                name = f"candidate_{i:03d}.txt"
-                _write_atomic(args.out / name, str(cand.output))
+            encoder = encoder_for(cand.output)  # text -> .txt, image -> .png (the batch jobs' encoders)
+            name = f"candidate_{i:03d}{encoder.suffix}"
+            _write_atomic_bytes(args.out / name, encoder.encode(cand.output))
             files.append(name)
-            if images:
+            if not isinstance(cand.output, str):
                 payload["candidates"][i]["output"] = name
-        if result.best is not None and _is_image(result.best.output):
-            _write_atomic_bytes(args.out / "best.png", _png(result.best.output))
-            payload["best"]["output"] = "best.png"
-            files.append("best.png")
+        if result.best is not None and not isinstance(result.best.output, str):
+            encoder = encoder_for(result.best.output)
+            _write_atomic_bytes(args.out / f"best{encoder.suffix}", encoder.encode(result.best.output))
+            payload["best"]["output"] = f"best{encoder.suffix}"
+            files.append(f"best{encoder.suffix}")
         payload["files"] = files
-    if images and args.out is None:  # a PIL image has no JSON form: describe it (with --out: its file name)
+        _write_atomic(args.out / "result.json", json.dumps(payload, indent=2) + "\n")
+    elif images:  # a PIL image has no JSON form: describe it (with --out: its file name)
         for entry, cand in zip([payload["best"], *payload["candidates"]], [result.best, *result.candidates]):
             if entry is not None and _is_image(cand.output):
                 entry["output"] = f"<image {cand.output.width}x{cand.output.height} {cand.output.mode}>"
-    if args.out is not None:
-        _write_atomic(args.out / "result.json", json.dumps(payload, indent=2) + "\n")
     if args.json:
         print(json.dumps(payload))
     else:
@@ -264,22 +276,6 @@ def _is_image(output) -> bool:
     from PIL import Image
 
     return isinstance(output, Image.Image)
-
-
-def _png(image) -> bytes:
-    """The PNG bytes of a PIL image (encoded in memory, so a file is written whole or not at all)."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    from ponder.jobs.store import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
 
 
 def cmd_zoo(args) -> int:

@@ -22,7 +22,8 @@ a value that is not a short plain token (a prompt, a dict of options) is named b
 raw prompt.
 
 `options` hold everything else `ponder.generate` takes: temperature, top_k, top_p, min_p,
-max_new_tokens, stop, draft, calibrate and the strategy's own options (beam_width, ...). Options of
+max_new_tokens, stop, draft, calibrate, steps (image diffusion) and the strategy's own options
+(beam_width, ...). Options of
 `defaults` and of an item merge key by key (the item wins).
 """
 
@@ -346,9 +347,15 @@ class _Checker:
         strategy_fn = get_strategy(item.strategy)
         get_decoder(item.decoder)
         if item.verifier is not None:
-            _check_verifier(item.verifier, api.VERIFIER_NAMES)
+            _check_verifier(item.verifier, api.IMAGE_VERIFIER_NAMES if item.modality == "image" else api.VERIFIER_NAMES)
         options = item.options
         strategy_options = {k: v for k, v in options.items() if k not in GENERATE_OPTIONS}
+        if "steps" in strategy_options:  # denoising steps: image models only, a positive integer
+            steps = strategy_options.pop("steps")
+            if item.modality != "image":
+                raise ConfigError(f"options.steps (denoising steps) applies to image models, not {item.modality!r}")
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+                raise ConfigError(f"options.steps must be a positive integer, got {_one_line(repr(steps), 40)}")
         api.check_options(item.strategy, strategy_fn, item.decoder, strategy_options)
         numbers = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
         for name, default in numbers.items():
