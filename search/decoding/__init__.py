@@ -15,6 +15,7 @@ from ponder.search.decoding.jacobi import jacobi
 from ponder.search.decoding.layer_skip import layer_skip
 from ponder.search.decoding.mc_sjd import mc_sjd
 from ponder.search.decoding.medusa import medusa
+from ponder.search.decoding.lookahead import lookahead
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
 from ponder.search.decoding.rsd import rsd
@@ -39,6 +40,7 @@ DECODERS: dict[str, Callable] = {
     "spectr": spectr,
     "aded": aded,
     "token-recycling": token_recycling,
+    "lookahead": lookahead,
     "layer-skip": layer_skip,
     "medusa": medusa,
 }

@@ -50,9 +50,11 @@ def tree_template(size: int, topk: int, max_depth: int) -> list[tuple[int, ...]]
 
 
 class AdjacencyMatrix:
-    """M [V, k]: per token, its most recently observed top-k successors (-1 = none yet)."""
+    """M [V, k]: per token, its most recently observed top-k successors (-1 = none yet); k is at
+    most the vocabulary size."""
 
     def __init__(self, vocab: int, topk: int):
+        topk = min(topk, vocab)
         self.table = torch.full((vocab, topk), -1, dtype=torch.long)  # [V, k]
         self.seen = torch.zeros(vocab, dtype=torch.bool)  # [V]: rows already set from target logits
 
