@@ -217,6 +217,7 @@ def generate(
     stop: Sequence[str] | str | None = None,
     stream: Callable[[int, str], None] | None = None,
     calibrate: int | None = None,
+    lossless: bool = False,
     **options,
 ):
     """Generate from `model` with a scaling strategy and a decoder.
@@ -227,7 +228,9 @@ def generate(
         strategy: scaling strategy name (see `ponder.search.scaling.STRATEGIES`).
         n: number of candidates.
         verifier: verifier name / folder / object scoring the candidates (optional for `sample`).
-        decoder: decoder name (see `ponder.search.decoding.DECODERS`).
+        decoder: decoder name (see `ponder.search.decoding.DECODERS`); "auto" runs the fastest lossless
+            decoder measured on the nearest workload in the speed history (options ``history=`` folder,
+            ``prompt_kind=``); the choice and why is in ``result.config["auto"]``.
         draft: draft model spec or object, for decoders that use one.
         seed: base seed; candidate i draws from its own generator seeded from (seed, i).
         temperature, top_k, top_p, min_p: sampling; temperature 0 is greedy.
@@ -240,6 +243,8 @@ def generate(
             For a diffusion model (`Denoiser`) the token options (decoder, draft, sampling,
             max_new_tokens, stop, stream, calibrate) do not apply; pass ``steps=K`` (denoising steps)
             and a strategy of `DENOISER_STRATEGIES`.
+        lossless: refuse lossy decoders (bild, ead, medusa with acceptance="typical") with a
+            ConfigError; ``result.config["lossy"]`` says whether the run's decoder was lossy.
         options: strategy-specific options (e.g. beam_width, weight_temperature, resampling,
             ess_threshold, gibbs_iterations, probe, confidence, abstain_below); an option the
             strategy does not take is an error naming the ones it does.
@@ -258,6 +263,7 @@ def generate(
     steps = options.pop("steps", None)
     _check_denoiser_use(model, strategy, decoder, draft, calibrate, steps)
     check_options(strategy, strategy_fn, decoder, options)
+    lossy = check_lossless(decoder, options, lossless)
     if steps is not None:
         options["steps"] = steps
     sampling = checked_sampling(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
@@ -274,6 +280,9 @@ def generate(
                                             max_new_tokens=max_new_tokens)
     if isinstance(draft, (str, Path)):
         draft = load(modality, draft)
+    auto_choice = None
+    if decoder == "auto":
+        decoder, draft, auto_choice = _resolve_auto(model, draft, n, sampling, options)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     token_stream = None
     if stream is not None:
@@ -310,4 +319,33 @@ def generate(
                 c.output = _cut_at_stop(c.output, stops)
         result.config["stop"] = stops
     result.config["modality"] = modality
+    result.config["lossy"] = lossy
+    if auto_choice is not None:
+        result.config["auto"] = auto_choice
     return result
+
+
+def check_lossless(decoder, options: dict, lossless: bool) -> bool:
+    """Whether `decoder` with `options` is lossy; ConfigError when it is and `lossless` was asked."""
+    from ponder.search.decoding import DECODERS, is_lossy
+
+    if not isinstance(decoder, str):
+        return False
+    lossy = is_lossy(decoder, options)
+    if lossy and lossless:
+        allowed = [name for name in DECODERS if not is_lossy(name)]
+        raise ConfigError(f"decoder {decoder!r} is lossy (its output is not distributed as plain sampling's) and "
+                          f"--lossless / lossless=True allows only lossless decoders: {', '.join(allowed)}")
+    return lossy
+
+
+def _resolve_auto(model, draft, n: int, sampling, options: dict):
+    """`decoder="auto"`: (decoder, draft, the choice as a dict); pops auto's own options."""
+    from ponder.search.decoding import LOSSY
+    from ponder.search.decoding.auto import choose, history_path, workload_of
+
+    kind = options.pop("prompt_kind", None)
+    choice = choose(workload_of(model, draft, n, sampling, kind), history_path(options.pop("history", None)),
+                    sorted(LOSSY))
+    options.update(choice.options)
+    return choice.decoder, draft if choice.uses_draft else None, choice.to_dict()

@@ -22,6 +22,7 @@ from ponder.bench import goal
 
 DRAFT_LEN = 4  # speculative: tokens drafted per step
 LOOKUP_LEN = 8  # prompt lookup: tokens copied per step (HF: prompt_lookup_num_tokens)
+JACOBI_LEN = 4  # greedy Jacobi: window of guessed tokens per forward (longer ones gained nothing on arith)
 
 
 def _hf_generate(model, prompts, max_new_tokens, temperature, seed, **extra):
@@ -56,8 +57,60 @@ def _ponder(decoder, model, ids_batches, max_new_tokens, sampling, seed, **optio
             calls += out.compute.model_calls
             steps += stats.get("row_steps", 0)
             accepted += stats.get("accepted", 0)
-        return {"tokens": tokens, "calls": calls, "steps": steps, "accepted": accepted}
+        return {"tokens": tokens, "calls": calls, "steps": steps, "accepted": accepted,
+                "spec": _spec(decoder, options)}
     return fn
+
+
+def _spec(decoder, options: dict) -> dict:
+    """What a ponder side ran: registry name, draft name, options (the speed history's row key)."""
+    from ponder.search.decoding import DECODERS
+
+    draft = options.get("draft")
+    return {"decoder": next((k for k, v in DECODERS.items() if v is decoder), decoder.__name__),
+            "draft": None if draft is None else str(getattr(draft, "name", "draft")),
+            "options": {k: v for k, v in options.items() if k != "draft"}}
+
+
+def _more_sides(target, draft, heads, batches, max_new, sampling, template) -> dict:
+    """Self-speculative sides (layer-skip, medusa: lossless) and small/big-model sides (bild, ead,
+    medusa typical acceptance: LOSSY, flagged `lossy: true` in their rows)."""
+    from ponder.search.decoding import bild, ead, layer_skip, medusa
+
+    sides = {"layer-skip": _ponder(layer_skip, target, batches, max_new, sampling, 0)}
+    if heads is not None:
+        sides["medusa"] = _ponder(medusa, target, batches, max_new, sampling, 0, draft=heads)
+        sides["medusa-tree"] = _ponder(medusa, target, batches, max_new, sampling, 0, draft=heads, tree_width=3)
+        if not sampling.greedy:
+            sides["medusa-typical"] = _ponder(medusa, target, batches, max_new, sampling, 0, draft=heads,
+                                              acceptance="typical")
+    if template == "Q":
+        sides["bild"] = _ponder(bild, target, batches, max_new, sampling, 0, draft=draft)
+        sides["ead"] = _ponder(ead, target, batches, max_new, sampling, 0, draft=draft)
+    return sides
+
+
+def record_history(rows: list[dict], path=None) -> None:
+    """Append the ponder rows (those with a spec) to the speed history `--decoder auto` reads,
+    atomically (the whole file is rewritten through a temp file and a rename)."""
+    import datetime
+    import json
+
+    from ponder.bench import machine
+    from ponder.jobs.store import write_atomic
+    from ponder.search.decoding.auto import history_path
+
+    path = history_path(path)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    new = [json.dumps({"model": r["model"], "draft": r["spec"]["draft"], "batch": r["batch"], "temperature": r["T"],
+                       "prompt_kind": r["workload"], "decoder": r["spec"]["decoder"], "options": r["spec"]["options"],
+                       "side": r["decoder"], "tok_s": r["tok_s"], "speedup_vs_plain": r["speedup_vs_plain"],
+                       "lossy": r["lossy"], "machine": machine(), "date": now}) for r in rows if r.get("spec")]
+    if not new:
+        return
+    old = path.read_text() if path.is_file() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (old + ("" if not old or old.endswith("\n") else "\n") + "\n".join(new) + "\n").encode())
 
 
 def _measure(sides: dict, repeats: int) -> dict:
@@ -85,10 +138,13 @@ def _run(quick: bool) -> dict:
     import ponder
     from ponder.kernels.sampling import SamplingParams
     from ponder.modalities.text import arith
-    from ponder.search.decoding import plain, prompt_lookup, spec_adaptive, speculative
+    from ponder.search.decoding import is_lossy, jacobi, plain, prompt_lookup, spec_adaptive, speculative
 
     target = ponder.load("text", "zoo:arith")
     draft = ponder.load("text", "zoo:arith-draft")
+    from ponder import zoo
+
+    heads = ponder.load("text", "zoo:arith-medusa") if zoo.entry("arith-medusa").built else None
     count, repeats, max_new = (2, 1, 48) if quick else (8, 3, 64)
     rows, goals = [], []
     results: dict = {}
@@ -111,6 +167,9 @@ def _run(quick: bool) -> dict:
         }
         if template == "R":
             del sides["speculative"], sides["spec-adaptive"], sides["hf-assisted"]
+        if temperature == 0.0:  # greedy Jacobi: no draft model, the model's own parallel guesses
+            sides["jacobi"] = _ponder(jacobi, target, singles, max_new, sampling, 0, draft_len=JACOBI_LEN)
+        sides |= _more_sides(target, draft, heads, singles, max_new, sampling, template)
         measured = _measure(sides, repeats)
         if temperature == 0.0 and template == "Q":  # batch 8: ponder only (HF assisted takes batch 1)
             batch = [ids]
@@ -118,7 +177,9 @@ def _run(quick: bool) -> dict:
                 "plain": _ponder(plain, target, batch, max_new, sampling, 0),
                 "speculative": _ponder(speculative, target, batch, max_new, sampling, 0, draft=draft,
                                        draft_len=DRAFT_LEN),
-                "spec-adaptive": _ponder(spec_adaptive, target, batch, max_new, sampling, 0, draft=draft)},
+                "spec-adaptive": _ponder(spec_adaptive, target, batch, max_new, sampling, 0, draft=draft),
+                **{k: v for k, v in _more_sides(target, draft, heads, batch, max_new, sampling, "b8").items()
+                   if k in ("layer-skip", "medusa")}},
                 repeats).items()}
         for side, m in measured.items():
             tps = m["tokens"] / m["seconds"]
@@ -130,7 +191,9 @@ def _run(quick: bool) -> dict:
                    "tokens_per_target_call": round(m["tokens"] / m["calls"], 3) if m["calls"] else None,
                    # tokens a row gains per verify step: accepted drafts + the one drawn after them
                    "mean_accepted_len": round(1 + m["accepted"] / m["steps"], 3) if m["steps"] else None,
-                   "threads": 1, "lossy": False}
+                   "threads": 1, "lossy": bool(m.get("spec") and is_lossy(m["spec"]["decoder"], m["spec"]["options"]))}
+            if m.get("spec"):
+                row |= {"model": target.name, "spec": m["spec"]}
             rows.append(row)
             results[(name, temperature, side)] = tps
 
@@ -157,4 +220,7 @@ def _run(quick: bool) -> dict:
         goal("prompt lookup / HF prompt lookup tokens/s, copy-heavy, T=0", ">= 1.2", pl_hf, pl_hf >= 1.2),
         goal(f"{s8} / plain tokens/s, arith, T=0, batch 8 (reported; HF assisted cannot)", "> 1.0", b8, b8 > 1.0),
     ]
+    record_history(rows)  # what `--decoder auto` chooses from ($PONDER_HOME/speed.jsonl)
+    for row in rows:
+        row.pop("spec", None), row.pop("model", None)
     return {"rows": rows, "goals": goals}

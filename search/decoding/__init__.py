@@ -10,12 +10,15 @@ from collections.abc import Callable
 
 from ponder.search.core import lookup
 from ponder.search.decoding.aded import aded
+from ponder.search.decoding.auto import auto
+from ponder.search.decoding.bild import bild
 from ponder.search.decoding.dyspec import dyspec
+from ponder.search.decoding.ead import ead
 from ponder.search.decoding.jacobi import jacobi
 from ponder.search.decoding.layer_skip import layer_skip
+from ponder.search.decoding.lookahead import lookahead
 from ponder.search.decoding.mc_sjd import mc_sjd
 from ponder.search.decoding.medusa import medusa
-from ponder.search.decoding.lookahead import lookahead
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
 from ponder.search.decoding.rsd import rsd
@@ -43,10 +46,13 @@ DECODERS: dict[str, Callable] = {
     "lookahead": lookahead,
     "layer-skip": layer_skip,
     "medusa": medusa,
+    "bild": bild,
+    "ead": ead,
+    "auto": auto,
 }
 
 # decoders whose output is NOT distributed as plain sampling's (refused under lossless=True / --lossless)
-LOSSY: frozenset[str] = frozenset()
+LOSSY: frozenset[str] = frozenset({"bild", "ead"})
 # lossless decoders that become lossy under an option value: decoder -> (option, lossy value)
 LOSSY_OPTIONS: dict[str, tuple[str, str]] = {"medusa": ("acceptance", "typical")}
 
@@ -63,5 +69,6 @@ def get_decoder(name: str) -> Callable:
     return lookup(DECODERS, "decoder", name)
 
 
-__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "dyspec", "get_decoder", "is_lossy", "jacobi", "layer_skip",
-           "mc_sjd", "medusa", "plain", "prompt_lookup", "rsd", "sjd", "spec_adaptive", "spectr", "speculative", "tree"]
+__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "auto", "bild", "dyspec", "ead", "get_decoder", "is_lossy",
+           "jacobi", "layer_skip", "mc_sjd", "medusa", "plain", "prompt_lookup", "rsd", "sjd", "spec_adaptive",
+           "spectr", "speculative", "tree"]
