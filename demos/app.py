@@ -23,7 +23,12 @@ from ponder.errors import ConfigError, PonderError
 # example prompts per modality (a modality without examples still gets its tab)
 EXAMPLE_PROMPTS: dict[str, list[str]] = {
     "text": ["Q: 58+36-7*2\n", "Q: 12+7*3\n", "Q: 9*9-40\n"],
+    "image": ["7", "3", "0"],
 }
+DEFAULT_VERIFIER = {"text": "exact", "image": "classifier"}
+OPTION_HINTS = {"text": "{beam_width: 2} or {draft: zoo:arith-draft}", "image": "{steps: 10} or {step_size: 0.5}"}
+# image strategies whose candidates each come from their own seeded noise alone (re-render one by one)
+INDEPENDENT_IMAGE_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random")
 NO_VERIFIER = "none"
 MAX_N = 32
 log = logging.getLogger("ponder.demos")
@@ -55,7 +60,11 @@ class DemoSession:
             scorer = self.cache.verifier_for(modality, verifier, lm) if verifier else None
             result = ponder.generate(lm, prompt, strategy=strategy, n=n, verifier=scorer, decoder=decoder, seed=seed,
                                      temperature=temperature, max_new_tokens=max_new_tokens, **options)
-        return {"request": request, "result": result, **result.to_dict()}
+        payload = result.to_dict()
+        for shown, cand in zip([payload["best"], *payload["candidates"]], [result.best, *result.candidates]):
+            if shown is not None and not isinstance(cand.output, str):
+                shown["output"] = describe_output(cand.output)
+        return {"request": request, "result": result, **payload}
 
     def rerender(self, state: dict, position: int) -> tuple[Any, str]:
         """Re-render candidate `position` of a previous generation from its seed.
@@ -79,11 +88,17 @@ class DemoSession:
             raise ConfigError(f"candidate must be a row number from 0 to {len(candidates) - 1}, got {position!r}")
         request, config, original = state["request"], state["config"], candidates[position]
         index = original["meta"].get("index")
+        denoised = "steps" in config and "decoder" not in config  # a diffusion model's result
         independent = (isinstance(index, int) and request["strategy"] not in STEP_STRATEGIES
+                       and (not denoised or request["strategy"] in INDEPENDENT_IMAGE_STRATEGIES)
                        and original["seed"] == candidate_seed(config["seed"], index))
         with self.lock:
             lm = self.cache.model_for(request["modality"], request["model"])
-            if independent:
+            if independent and denoised:
+                result = sample(lm, request["prompt"], None, n=config["n"], seed=config["seed"], indices=[index],
+                                steps=config["steps"])
+                output, how = result.candidates[0].output, f"denoised alone from seed {original['seed']}"
+            elif independent:
                 result = sample(lm, request["prompt"], None, n=config["n"], seed=config["seed"], indices=[index],
                                 decoder=config["decoder"], sampling=SamplingParams(**config["sampling"]),
                                 max_new_tokens=config["max_new_tokens"])
@@ -104,7 +119,26 @@ class DemoSession:
 def _same_output(new: Any, old: Any) -> bool:
     from ponder.search.core import to_jsonable
 
-    return to_jsonable(new) == old
+    return (describe_output(new) if _is_image(new) else to_jsonable(new)) == old
+
+
+def _is_image(output: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(output, Image.Image)
+
+
+def describe_output(output: Any) -> Any:
+    """How the demo shows an output in tables and state: text as is; an image as its size, mode and a
+    digest of its pixels (so a re-render can be checked byte for byte)."""
+    if not _is_image(output):
+        from ponder.search.core import to_jsonable
+
+        return to_jsonable(output)
+    import hashlib
+
+    digest = hashlib.sha256(output.tobytes()).hexdigest()[:12]
+    return f"<image {output.width}x{output.height} {output.mode} sha256:{digest}>"
 
 
 def parse_options(text: str) -> dict:
@@ -212,8 +246,9 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             prompt = gr.Textbox(value=examples[0] if examples else "", lines=3, label="Prompt")
             with gr.Row():
                 strategy = gr.Dropdown(list(STRATEGIES), value="best-of-n", label="Strategy")
-                verifier = gr.Dropdown([NO_VERIFIER, *api.VERIFIER_NAMES], value="exact", allow_custom_value=True,
-                                       label="Verifier (or a folder)")
+                names = api.IMAGE_VERIFIER_NAMES if modality == "image" else api.VERIFIER_NAMES
+                verifier = gr.Dropdown([NO_VERIFIER, *names], value=DEFAULT_VERIFIER.get(modality, NO_VERIFIER),
+                                       allow_custom_value=True, label="Verifier (or a folder)")
                 decoder = gr.Dropdown(list(DECODERS), value="plain", label="Decoder")
             with gr.Row():
                 n = gr.Slider(1, MAX_N, value=8, step=1, label="N (candidates)")
@@ -221,8 +256,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             with gr.Row():
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                 max_new_tokens = gr.Slider(1, 128, value=48, step=1, label="Max new tokens")
-            options = gr.Textbox(value="", label="Strategy / decoder options (YAML, e.g. {beam_width: 2} or "
-                                                 "{draft: zoo:arith-draft})")
+            hint = OPTION_HINTS.get(modality, "{beam_width: 2}")
+            options = gr.Textbox(value="", label=f"Strategy / decoder options (YAML, e.g. {hint})")
             run = gr.Button("Generate", variant="primary", elem_id=f"generate-{modality}")
             if examples:
                 gr.Examples([[e] for e in examples], inputs=[prompt], label="Example prompts")
@@ -251,7 +286,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
         except Exception as err:
             raise _as_gradio_error(err) from None
         result = payload.pop("result")
-        images = [c.output for c in result.candidates if not isinstance(c.output, str)]
+        images = [(c.output, f"#{i}" + ("" if c.score is None else f" score {c.score:.3f}"))
+                  for i, c in enumerate(result.candidates) if not isinstance(c.output, str)]
         best_out = payload["best"]["output"] if payload["best"] is not None else "(abstained)"
         curve = pd.DataFrame(scaling_curve(payload), columns=["N", "best score"])
         return (best_out if isinstance(best_out, str) else "(see the gallery)", compute_summary(payload),
@@ -263,7 +299,7 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             output, info = session.rerender(state_v, int(which_v) if which_v is not None else -1)
         except Exception as err:
             raise _as_gradio_error(err) from None
-        return (output if isinstance(output, str) else f"({type(output).__name__})"), info
+        return (output if isinstance(output, str) else str(describe_output(output))), info
 
     inputs = [model, prompt, strategy, verifier, decoder, n, seed, temperature, max_new_tokens, options]
     run.click(on_generate, inputs, [best, summary, table, gallery, plot, state], api_name=f"generate_{modality}",
