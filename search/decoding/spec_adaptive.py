@@ -7,10 +7,16 @@ acceptance of draft token j, is here the draft's own probability of it, q_j(d_j)
 a small acceptance head instead — not built yet). Each row of a batch stops on its own. The drafts
 then go through the unchanged verification rule of `speculative.py`, so the output distribution is
 exactly plain sampling's (the draft length may depend on anything the draft has seen).
+
+Two more draft-length policies share the decoder (`policy=`): "heuristic", the schedule HF's
+assisted generation uses (a baseline: a row's length grows by 2 after a step where every draft was
+accepted and shrinks by 1 otherwise, never below 1), and "goodput", SmartSpec's batch-aware choice
+(`smartspec.py`), the lever for large batches. Both decide a step's length from past steps only.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +26,7 @@ from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 from ponder.search.decoding.plain import StopFn
 from ponder.search.decoding.rollback import can_hide
+from ponder.search.decoding.smartspec import GoodputSchedule
 from ponder.search.decoding.speculative import (
     DraftModelProposer,
     check_draft_len,
@@ -27,6 +34,62 @@ from ponder.search.decoding.speculative import (
     draft_and_verify,
     per_row,
 )
+
+POLICIES = ("confidence", "heuristic", "goodput")
+
+
+class HeuristicSchedule:
+    """HF assisted generation's schedule, per row: +2 after a fully accepted draft, −1 otherwise (≥ 1)."""
+
+    def __init__(self, start: int, batch: int, most: int):
+        self.k = [start] * batch
+        self.most = most
+
+    def lengths(self, limits: list[int]) -> list[int]:
+        return list(self.k)
+
+    def update(self, drafted, accepted, *timings) -> None:
+        for row, (d, n) in enumerate(zip(drafted, accepted)):
+            if d:
+                self.k[row] = min(self.most, self.k[row] + 2) if n >= d else max(1, self.k[row] - 1)
+
+
+class ScheduledProposer(DraftModelProposer):
+    """A draft model whose per-row lengths come from a schedule, timed for cost-aware schedules.
+
+    When every row's length is 0 the draft model is not run at all: the rows' new tokens wait in
+    `pending` and reach the draft cache with the next step that drafts."""
+
+    def __init__(self, *args, schedule, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule = schedule
+
+    def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
+        if isinstance(self.schedule, GoodputSchedule):
+            k = self.schedule.choose([r for r, limit in enumerate(limits) if limit > 0])
+            wanted = [k] * len(last)
+        else:
+            wanted = self.schedule.lengths(limits)
+        asked = [min(limit, k) for limit, k in zip(limits, wanted)]
+        self.skipped = not any(asked)
+        calls, start = self.compute.draft_calls, time.perf_counter()
+        if self.skipped:
+            self.pending = [pending + [token] for pending, token in zip(self.pending, last)]
+            self.drafts, out = [[] for _ in last], ([[] for _ in last], None)
+        else:
+            out = super().propose(last, asked)
+        self.draft_seconds = time.perf_counter() - start
+        self.draft_forwards = self.compute.draft_calls - calls
+        self.verify_start = time.perf_counter()
+        return out
+
+    def accepted(self, num_accepted: list[int], final: list[int]) -> None:
+        verify_seconds = time.perf_counter() - self.verify_start
+        drafted = [len(d) for d in self.drafts]
+        if not self.skipped:
+            super().accepted(num_accepted, final)
+        self.schedule.update(drafted, num_accepted, self.draft_seconds, self.draft_forwards, verify_seconds,
+                             1 + max(drafted, default=0))
 
 
 def spec_adaptive(
@@ -41,6 +104,8 @@ def spec_adaptive(
     draft: SequenceModel | None = None,
     draft_len: int = 8,
     threshold: float = 0.5,
+    policy: str = "confidence",
+    costs: Sequence[float] | None = None,
     stats: dict | None = None,
 ) -> Decoded:
     """Lossless speculative sampling whose per-row draft length follows the draft's confidence.
@@ -48,26 +113,41 @@ def spec_adaptive(
     Args:
         model, prompt_ids, sampling, max_new_tokens, generators, stop, stream, draft, stats: as in
             `speculative`.
-        draft_len: the most tokens drafted per step.
+        draft_len: the most tokens drafted per step ("heuristic": the starting length; it may grow
+            to 2 × draft_len).
         threshold: h in (0, 1); a row stops drafting once 1 − Π q(d) > h (lower: shorter drafts).
+        policy: "confidence" (SpecDec++ stop rule, above), "heuristic" (HF's +2 / −1 schedule,
+            per row) or "goodput" (SmartSpec: one k in 0..draft_len per step for the batch).
+        costs: "goodput" only: fixed (t_draft, a, b) seconds for cost(k) = k·t_draft + a + b·(k+1)
+            instead of timing the forwards (reproducible lengths).
     Returns:
         `Decoded`, distributed exactly as plain sampling from `model`; greedy equals plain greedy.
     """
     draft_len = check_draft_len(draft_len)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1) (stop once P(any rejection) exceeds it), got {threshold!r}")
+    if policy not in POLICIES:
+        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if costs is not None and (policy != "goodput" or isinstance(costs, (str, bytes)) or len(costs) != 3
+                              or not all(isinstance(c, (int, float)) and c >= 0 for c in costs)):
+        raise ConfigError(f"costs takes policy 'goodput' and three non-negative seconds (t_draft, a, b), got {costs!r}")
     if draft is None:
         raise ConfigError("decoder 'spec-adaptive' needs a draft model (--draft zoo:NAME or a folder)")
     check_same_tokenizer(model, draft)
     if len(prompt_ids) > 1 and not (can_hide(model.new_cache()) and can_hide(draft.new_cache())):
         return per_row(spec_adaptive, model, prompt_ids, generators=generators, stream=stream, stop=stop,
                        sampling=sampling, max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len,
-                       threshold=threshold, stats=stats)
+                       threshold=threshold, policy=policy, costs=costs, stats=stats)
     compute = Compute()
     with compute.timed():
         def make_proposer(prompts, compute, vocab):
-            return DraftModelProposer(draft, prompts, compute, sampling=sampling, generators=generators,
-                                      draft_len=draft_len, vocab=vocab, stop_above=float(threshold))
+            if policy == "confidence":
+                return DraftModelProposer(draft, prompts, compute, sampling=sampling, generators=generators,
+                                          draft_len=draft_len, vocab=vocab, stop_above=float(threshold))
+            schedule = (HeuristicSchedule(draft_len, len(prompts), 2 * draft_len) if policy == "heuristic"
+                        else GoodputSchedule(draft_len, len(prompts), costs))
+            return ScheduledProposer(draft, prompts, compute, sampling=sampling, generators=generators,
+                                     draft_len=2 * draft_len, vocab=vocab, schedule=schedule)
 
         return draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling,
                                 max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
