@@ -96,7 +96,21 @@ class _DDIM:
         return float(int(round(t)))
 
 
-class _Euler:
+class _SigmaGrid:
+    """Times are the scheduler's sigmas (steps + 1, ending at 0); the network's timestep for each grid
+    sigma is remembered in `table` exactly as the scheduler computed it."""
+
+    scheduler: Any
+    table: dict[float, float]
+
+    def times(self, steps):
+        self.scheduler.set_timesteps(steps)
+        sigmas = [float(s) for s in self.scheduler.sigmas]  # steps + 1, ends at 0
+        self.table.update({s: float(t) for s, t in zip(sigmas, self.scheduler.timesteps)})
+        return sigmas
+
+
+class _Euler(_SigmaGrid):
     """Times are diffusers' Euler sigmas (VE); the state is kept in VP form x / sqrt(1 + sigma^2),
     which is exactly what the network sees (diffusers' `scale_model_input`)."""
 
@@ -111,12 +125,6 @@ class _Euler:
         self.log_sigmas = np.log(((1 - acp) / acp) ** 0.5)
         self.table: dict[float, float] = {}
 
-    def times(self, steps):
-        self.scheduler.set_timesteps(steps)
-        sigmas = [float(s) for s in self.scheduler.sigmas]  # steps + 1, ends at 0
-        self.table.update({s: float(t) for s, t in zip(sigmas, self.scheduler.timesteps)})
-        return sigmas
-
     def alpha_sigma(self, t):
         c = math.sqrt(1.0 + t * t)
         return 1.0 / c, t / c
@@ -129,7 +137,7 @@ class _Euler:
         return float(self.scheduler._sigma_to_t(np.array(t), self.log_sigmas))
 
 
-class _Flow:
+class _Flow(_SigmaGrid):
     """Flow matching: x_t = (1 - t) x0 + t eps; the network takes t * num_train_timesteps."""
 
     name = "flow"
@@ -143,12 +151,6 @@ class _Flow:
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
         self.train_steps = float(self.scheduler.config.num_train_timesteps)
         self.table: dict[float, float] = {}
-
-    def times(self, steps):
-        self.scheduler.set_timesteps(steps)
-        sigmas = [float(s) for s in self.scheduler.sigmas]  # steps + 1, ends at 0
-        self.table.update({s: float(t) for s, t in zip(sigmas, self.scheduler.timesteps)})
-        return sigmas
 
     def alpha_sigma(self, t):
         return 1.0 - t, t
