@@ -424,6 +424,8 @@ class DiffusersDenoiser:
     def _split(self, x_t: torch.Tensor, t: float, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) from one network call at t: the only place predictions are interpreted."""
         a, s = self.sampler.alpha_sigma(t)
+        if s == 0:  # the clean end: nothing to predict (and no network call)
+            return x_t / a, torch.zeros_like(x_t)
         pred = self._predict(x_t, t, cond)  # [B, C, h, w]
         kind = "flow" if self.sampler.name == "flow" else self.sampler.scheduler.config.prediction_type
         if kind == "epsilon":

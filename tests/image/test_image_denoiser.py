@@ -132,6 +132,8 @@ def test_renoise_then_predict_with_a_perfect_model_returns_x0_and_steps_stay_on_
     assert torch.allclose(hop, expected_std * eps, atol=1e-6)
     with pytest.raises(ConfigError, match="noisier"):
         model.renoise(x0, times[0], times[3], eps)
+    nfe = model.nfe
+    assert torch.equal(model.predict_x0(x0, end, None), x0) and model.nfe == nfe  # the clean end costs nothing
 
 
 def test_bad_prompt_size_steps_and_sampler_are_clear_errors(folders):
