@@ -56,7 +56,7 @@ def denoise(model, x: torch.Tensor, cond: Any, times: Sequence[float], compute: 
 
 def denoise_candidates(model, prompt: Any, *, n: int, seed: int, compute: Compute,
                        indices: Sequence[int] | None = None, steps: int | None = None,
-                       **_text_options) -> tuple[list[Candidate], dict]:
+                       **decoder_options) -> tuple[list[Candidate], dict]:
     """Denoise candidates `indices` (default 0..n-1) of `prompt` as one batch.
 
     Args:
@@ -66,10 +66,13 @@ def denoise_candidates(model, prompt: Any, *, n: int, seed: int, compute: Comput
         seed: base seed; candidate i starts from noise drawn by generator (seed, i).
         compute: NFEs are added here.
         steps: denoising steps (default: the model's ``default_steps``, else 20).
-        _text_options: decoding options of text models (decoder, sampling, stop, ...): ignored.
+        decoder_options: a token decoder's options; any is a ConfigError (a diffusion model has none).
     Returns:
         (candidates with PIL images as outputs, the config that reproduces them).
     """
+    if decoder_options:
+        raise ConfigError(f"a diffusion model takes no decoder option(s) {', '.join(sorted(decoder_options))}; "
+                          "it takes steps")
     steps = check_steps(steps if steps is not None else getattr(model, "default_steps", 20))
     indices = list(range(n)) if indices is None else list(indices)
     cond = model.condition(prompt, len(indices))  # a bad prompt fails before any work
