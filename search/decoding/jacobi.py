@@ -79,19 +79,18 @@ class JacobiWindow:
         support = self.support[row]
         ids = support.nonzero()[:, 0]  # [S]
         picks = ids[(self._uniform(row, count) * len(ids)).long().clamp(max=len(ids) - 1)].tolist()
-        uniform = support.float() / len(ids)  # [V]
-        tokens, probs = [], []
-        known = self.history[row] + self.drafts[row]
+        known = self.history[row] + self.drafts[row]  # new-token index i sits at known[i]
+        copied = []
         for k in range(count):
-            above = len(known) + len(tokens) - (self.row_tokens or 0)
-            if self.init == "horizon" and above >= 0:
-                token = (known + tokens)[above]
-                probs.append(torch.zeros(self.vocab).index_fill_(0, torch.tensor([token]), 1.0))  # one-hot
-            else:
-                token = picks[k]
-                probs.append(uniform)
-            tokens.append(token)
-        return tokens, (None if self.sampling.greedy else torch.stack(probs))
+            above = len(known) - (self.row_tokens or 0)
+            copied.append(self.init == "horizon" and above >= 0)
+            known.append(known[above] if copied[-1] else picks[k])
+        tokens = known[len(known) - count:]
+        if self.sampling.greedy:
+            return tokens, None
+        one_hot = torch.nn.functional.one_hot(torch.tensor(tokens), self.vocab).float()  # [count, V]
+        uniform = (support.float() / len(ids)).expand(count, -1)  # [count, V]
+        return tokens, torch.where(torch.tensor(copied)[:, None], one_hot, uniform)  # copies: a point mass
 
     def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
         batch = len(last)
