@@ -160,3 +160,11 @@ def test_mean_pairwise_distance_of_images():
     png = io.BytesIO()
     white.save(png, format="PNG")
     assert mean_pairwise_distance([Image.open(png), black]) == pytest.approx(1.0)
+
+
+def test_classifier_name_loads_the_zoo_digits_classifier():
+    verifier = ponder.load_verifier("image", "classifier")
+    assert verifier.name == "classifier" and verifier.labels == [str(d) for d in range(10)]
+    image = grey(np.random.default_rng(0).integers(0, 255, (16, 16)))
+    total = sum(float(verifier.score(str(d), [image])[0]) for d in range(10))
+    assert total == pytest.approx(1.0, abs=1e-5)
