@@ -169,3 +169,15 @@ def test_recipe_smoke_trains_saves_and_decodes(tmp_path):
                           max_new_tokens=8)
     ref = ponder.generate(target, "Q: 1+2*3\n", temperature=0.0, max_new_tokens=8)
     assert res.best.output == ref.best.output
+
+
+def test_the_shipped_medusa_heads_are_built_and_carded():
+    import ponder
+    from ponder import zoo
+
+    entry = zoo.entry("arith-medusa")
+    assert entry.built and entry.kind == "draft"
+    card = entry.card()
+    assert card["reproduce"] == "ponder zoo train arith-medusa" and card["metrics"]["head1_top1_agreement"] > 0.3
+    heads = ponder.load("text", "zoo:arith-medusa")
+    assert isinstance(heads, MedusaHeads) and heads.hidden_size == 384 and heads.num_heads == 4
