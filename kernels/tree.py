@@ -37,13 +37,18 @@ def tree_mask(parents: Tensor) -> Tensor:
     """
     check_parents(parents)
     batch, size = parents.shape
-    mask = torch.eye(size, dtype=torch.bool, device=parents.device).repeat(batch, 1, 1)  # [B, T, T]
-    rows = torch.arange(batch, device=parents.device)  # [B]
-    for node in range(1, size):  # parents come first, so their rows are final when read
-        parent = parents[:, node]  # [B]
-        inherited = mask[rows, parent.clamp(min=0)] & (parent >= 0)[:, None]  # [B, T]
-        mask[:, node] |= inherited
-    return mask
+    # trees are small (tens of nodes): walk the parent lists on the host, then set every entry at once
+    rows, nodes, ancestors = [], [], []
+    for row, parent_list in enumerate(parents.tolist()):
+        lineage: list[list[int]] = []
+        for node, parent in enumerate(parent_list):
+            lineage.append((lineage[parent] if parent >= 0 else []) + [node])  # parents come first
+            rows += [row] * len(lineage[node])
+            nodes += [node] * len(lineage[node])
+            ancestors += lineage[node]
+    mask = torch.zeros((batch, size, size), dtype=torch.bool)  # [B, T, T]
+    mask[rows, nodes, ancestors] = True
+    return mask.to(parents.device)
 
 
 def tree_depths(mask: Tensor) -> Tensor:

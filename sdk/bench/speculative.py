@@ -90,6 +90,17 @@ def _more_sides(target, draft, heads, batches, max_new, sampling, template) -> d
     return sides
 
 
+def _tree_sides(target, draft, batches, max_new, sampling) -> dict:
+    """Draft-tree sides, each verified in one target forward per step (all lossless)."""
+    from ponder.search.decoding import dyspec, rsd, spectr, tree
+
+    return {"tree": _ponder(tree, target, batches, max_new, sampling, 0, draft=draft),
+            "dyspec": _ponder(dyspec, target, batches, max_new, sampling, 0, draft=draft),
+            "rsd": _ponder(rsd, target, batches, max_new, sampling, 0, draft=draft),
+            "spectr": _ponder(spectr, target, batches, max_new, sampling, 0, draft=draft, tree_width=2,
+                              draft_len=DRAFT_LEN)}
+
+
 def record_history(rows: list[dict], path=None) -> None:
     """Append the ponder rows (those with a spec) to the speed history `--decoder auto` reads,
     atomically (the whole file is rewritten through a temp file and a rename)."""
@@ -170,6 +181,8 @@ def _run(quick: bool) -> dict:
         if temperature == 0.0:  # greedy Jacobi: no draft model, the model's own parallel guesses
             sides["jacobi"] = _ponder(jacobi, target, singles, max_new, sampling, 0, draft_len=JACOBI_LEN)
         sides |= _more_sides(target, draft, heads, singles, max_new, sampling, template)
+        if template == "Q":
+            sides |= _tree_sides(target, draft, singles, max_new, sampling)
         measured = _measure(sides, repeats)
         if temperature == 0.0 and template == "Q":  # batch 8: ponder only (HF assisted takes batch 1)
             batch = [ids]
@@ -179,7 +192,9 @@ def _run(quick: bool) -> dict:
                                        draft_len=DRAFT_LEN),
                 "spec-adaptive": _ponder(spec_adaptive, target, batch, max_new, sampling, 0, draft=draft),
                 **{k: v for k, v in _more_sides(target, draft, heads, batch, max_new, sampling, "b8").items()
-                   if k in ("layer-skip", "medusa")}},
+                   if k in ("layer-skip", "medusa")},
+                **{k: v for k, v in _tree_sides(target, draft, batch, max_new, sampling).items()
+                   if k in ("tree", "dyspec")}},
                 repeats).items()}
         for side, m in measured.items():
             tps = m["tokens"] / m["seconds"]
@@ -200,8 +215,10 @@ def _run(quick: bool) -> dict:
     def ratio(a, b):
         return results[a] / results[b]
 
-    def best_spec(name, temperature, suffix=""):  # the faster of the two draft-model decoders, this run
-        return max(("speculative", "spec-adaptive"), key=lambda d: results[(name, temperature, d + suffix)])
+    def best_spec(name, temperature, suffix=""):  # the fastest lossless draft-model decoder, this run
+        return max((d for d in ("speculative", "spec-adaptive", "tree", "dyspec", "rsd", "spectr")
+                    if (name, temperature, d + suffix) in results),
+                   key=lambda d: results[(name, temperature, d + suffix)])
 
     s0, s1, s8 = best_spec("arith", 0.0), best_spec("arith", 1.0), best_spec("arith", 0.0, " b8")
     spec0 = ratio(("arith", 0.0, s0), ("arith", 0.0, "plain"))

@@ -83,10 +83,10 @@ def dyspec(
     stop: StopFn | None = None,
     stream: StreamCallback | None = None,
     draft: SequenceModel | None = None,
-    draft_len: int = 5,
+    draft_len: int = 8,
     tree_width: int = 3,
-    budget: int = 12,
-    threshold: float = 0.05,
+    budget: int = 10,
+    threshold: float = 0.1,
     stats: dict | None = None,
 ) -> Decoded:
     """Lossless DySpec decoding from `model`: a budgeted, best-first draft tree per step.

@@ -5,9 +5,11 @@ Li et al. 2024, *EAGLE: Speculative Sampling Requires Rethinking Feature Uncerta
 candidates come from a draft model instead of heads.
 
 Rule: the draft model expands a tree of fixed shape: every node at depth d gets the top
-`branching[d]` tokens of the draft's distribution as children (default `tree_width` at every depth,
-`draft_len` deep). One target forward scores the whole tree (`tree_verify`). Greedy walks the
-target's argmax — exactly plain greedy. Sampled: the top-k children are fixed choices, so they are
+`branching[d]` tokens of the draft's distribution as children (default: the top `tree_width` at the
+root, then the top 1 — `tree_width` chains, `draft_len` deep; verification cost grows with every
+node, so the default spends nodes where the draft is least sure, the first token). One target
+forward scores the whole tree (`tree_verify`). Greedy walks the target's argmax — exactly plain
+greedy. Sampled: the top-k children are fixed choices, so they are
 verified as one-hot proposals by recursive rejection sampling: child x is accepted with probability
 p'(x), where p' is the target's p with the already rejected siblings removed and renormalised; if
 none is accepted the token is drawn from that residual. Each emitted token is therefore distributed
@@ -38,6 +40,11 @@ def check_branching(branching) -> tuple[int, ...]:
     return tuple(branching)
 
 
+def default_branching(tree_width: int, draft_len: int) -> tuple[int, ...]:
+    """`tree_width` children at the root, one below: (tree_width, 1, ..., 1), draft_len entries."""
+    return (tree_width,) + (1,) * (draft_len - 1)
+
+
 def tree(
     model: SequenceModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -48,7 +55,7 @@ def tree(
     stop: StopFn | None = None,
     stream: StreamCallback | None = None,
     draft: SequenceModel | None = None,
-    draft_len: int = 3,
+    draft_len: int = 4,
     tree_width: int = 2,
     branching: Sequence[int] | None = None,
     stats: dict | None = None,
@@ -59,7 +66,7 @@ def tree(
         model, prompt_ids, sampling, max_new_tokens, generators, stop, stream: as in `plain`.
         draft: the draft `SequenceModel` (same tokenizer); required.
         draft_len: tree depth (draft tokens on the longest path), a positive integer.
-        tree_width: children per node (the draft's top-k), a positive integer.
+        tree_width: children of the root (the draft's top-k); deeper nodes get one, a positive integer.
         branching: children per node at each depth, overriding draft_len / tree_width (e.g. [4, 2, 1, 1]).
         stats: optional dict receiving steps / row_steps / accepted / tree_nodes.
     Returns:
@@ -67,7 +74,7 @@ def tree(
     """
     check_draft_len(draft_len)
     check_tree_width(tree_width)
-    shape = check_branching(list(branching)) if branching is not None else (tree_width,) * draft_len
+    shape = check_branching(list(branching)) if branching is not None else default_branching(tree_width, draft_len)
 
     def make_trees(drafter, last, limits, gens):
         return grow_by_level(drafter, last, limits, shape, lambda q, width, row: top_children(q, width),
@@ -79,8 +86,8 @@ def tree(
 
     return decode_with_draft_trees("tree", model, prompt_ids, make_trees, rrs, sampling=sampling,
                                    max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                   stream=stream, draft=draft, draft_len=len(shape) if branching else draft_len,
+                                   stream=stream, draft=draft, draft_len=len(shape),
                                    stats=stats, rerun=rerun)
 
 
-__all__ = ["check_branching", "tree"]
+__all__ = ["check_branching", "default_branching", "tree"]
