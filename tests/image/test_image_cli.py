@@ -4,16 +4,12 @@ exit 2, no file written."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+import image_tiny
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-import image_tiny  # noqa: E402
-
-from ponder.cli import main  # noqa: E402
+from ponder.cli import main
 
 
 def _run(capsys, *argv):

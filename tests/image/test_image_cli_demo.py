@@ -3,15 +3,10 @@ reproduces the pixels, and the tab builds with image verifiers."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import image_tiny
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import image_tiny  # noqa: E402
-
-from ponder.demos import app  # noqa: E402
+from ponder.demos import app
 
 
 @pytest.fixture(scope="module")

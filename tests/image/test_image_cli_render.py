@@ -4,16 +4,13 @@ image-specific job checks (steps, image verifiers) before anything runs."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import image_tiny
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-import image_tiny  # noqa: E402
-
-from ponder.cli import main  # noqa: E402
+from ponder.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,14 @@ and the sampler maths (x0, re-noising, steps between arbitrary times) with an or
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import image_tiny
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import image_tiny  # noqa: E402
-
-import ponder  # noqa: E402
-from ponder.errors import ConfigError, InputError, ModelLoadError  # noqa: E402
-from ponder.search.core import Denoiser  # noqa: E402
+import ponder
+from ponder.errors import ConfigError, InputError, ModelLoadError
+from ponder.search.core import Denoiser
 
 
 def gens(*seeds):

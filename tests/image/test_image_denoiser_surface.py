@@ -4,21 +4,17 @@ with sample / best-of-N (NFEs, verifier calls, seeds that re-render, diversity),
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
+import image_tiny
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-import image_tiny  # noqa: E402
-
-import ponder  # noqa: E402
-from ponder.errors import ConfigError, InputError  # noqa: E402
-from ponder.search.scaling.denoise import mean_pairwise_distance  # noqa: E402
-from ponder.search.verifiers.ensemble import ranks  # noqa: E402
+import ponder
+from ponder.errors import ConfigError, InputError
+from ponder.search.scaling.denoise import mean_pairwise_distance
+from ponder.search.verifiers.ensemble import ranks
 
 
 def grey(values) -> Image.Image:
