@@ -30,6 +30,7 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.outputs import RowOutputs, prefill_and_sample
 from ponder.search.decoding.plain import StopFn, prefill_shared
 from ponder.search.decoding.rollback import can_hide, feed_rows, truncate_rows
 
@@ -152,41 +153,16 @@ def draft_and_verify(
     (default: `accept_drafts`, lossless; a lossy decoder passes its own rule and says so).
     """
     batch = len(prompt_ids)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    logprobs: list[list[float]] = [[] for _ in range(batch)]
-    reasons = ["length"] * batch
-    if max_new_tokens <= 0 or batch == 0:
-        return Decoded(tokens, reasons, logprobs, compute)
-    eos = model.eos_token_ids
-    active = set(range(batch))
-
-    def emit(row: int, token: int, logp: float) -> None:
-        compute.tokens += 1
-        if token in eos:
-            reasons[row] = "eos"
-            active.discard(row)
-            return
-        tokens[row].append(token)
-        logprobs[row].append(logp)
-        if stream is not None:
-            stream(row, token)
-        if stop is not None and stop(row, tokens[row]):
-            reasons[row] = "stop"
-            active.discard(row)
-        elif len(tokens[row]) >= max_new_tokens:
-            active.discard(row)
-
+    out = RowOutputs(batch, eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop, stream=stream,
+                     compute=compute)
+    if not out.active or batch == 0:
+        return out.decoded()
+    tokens, active = out.tokens, out.active
     cache = model.new_cache() if cache is None else cache
     accept = accept_drafts if accept is None else accept
-    logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
-    compute.model_calls += 1
-    last = sample_from_logits(logits, sampling, generators)  # [B]
-    last_logp = torch.log_softmax(logits.float(), -1).gather(1, last[:, None].to(logits.device))[:, 0]
-    last, last_logp = last.tolist(), last_logp.tolist()
-    for row in range(batch):
-        emit(row, last[row], last_logp[row])
+    logits, last = prefill_and_sample(model, prompt_ids, cache, out, sampling, generators)
     if not active:
-        return Decoded(tokens, reasons, logprobs, compute)
+        return out.decoded()
     proposer = make_proposer(prompt_ids, compute, logits.shape[-1])
     steps = row_steps = accepted_total = 0
     while active:
@@ -213,7 +189,7 @@ def draft_and_verify(
             row_logp = logp[row, torch.arange(len(chosen)), torch.tensor(chosen)].tolist()
             accepted_total += num_accepted[row]
             for token, lp in zip(chosen, row_logp):
-                emit(row, token, lp)
+                out.emit(row, token, lp)
                 if row not in active:
                     break
         last = final
@@ -221,7 +197,7 @@ def draft_and_verify(
         stats["steps"] = stats.get("steps", 0) + steps
         stats["accepted"] = stats.get("accepted", 0) + accepted_total
         stats["row_steps"] = stats.get("row_steps", 0) + row_steps
-    return Decoded(tokens, reasons, logprobs, compute)
+    return out.decoded()
 
 
 def _fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:

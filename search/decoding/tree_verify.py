@@ -28,10 +28,11 @@ from typing import Protocol
 import torch
 
 from ponder.errors import ConfigError
-from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample_from_logits
+from ponder.kernels.sampling import SamplingParams, probs_from_logits
 from ponder.kernels.tree import pack_trees, path_index, tree_mask
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn, prefill_shared
+from ponder.search.decoding.outputs import RowOutputs, prefill_and_sample
+from ponder.search.decoding.plain import StopFn
 from ponder.search.decoding.rollback import can_hide, truncate_rows
 from ponder.search.decoding.speculative import residual
 
@@ -273,45 +274,19 @@ def tree_draft_and_verify(
     """
     check_tree_cache(model)
     batch = len(prompt_ids)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    logprobs: list[list[float]] = [[] for _ in range(batch)]
-    reasons = ["length"] * batch
-    if max_new_tokens <= 0 or batch == 0:
-        return Decoded(tokens, reasons, logprobs, compute)
-    eos = model.eos_token_ids
-    active = set(range(batch))
-
-    def emit(row: int, token: int, logp: float) -> None:
-        compute.tokens += 1
-        if token in eos:
-            reasons[row] = "eos"
-            active.discard(row)
-            return
-        tokens[row].append(token)
-        logprobs[row].append(logp)
-        if stream is not None:
-            stream(row, token)
-        if stop is not None and stop(row, tokens[row]):
-            reasons[row] = "stop"
-            active.discard(row)
-        elif len(tokens[row]) >= max_new_tokens:
-            active.discard(row)
-
+    out = RowOutputs(batch, eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop, stream=stream,
+                     compute=compute)
+    if not out.active or batch == 0:
+        return out.decoded()
     cache = model.new_cache()
-    logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
-    compute.model_calls += 1
-    first = sample_from_logits(logits, sampling, generators).tolist()  # [B]
-    first_logp = torch.log_softmax(logits.float(), -1).cpu()  # [B, V]
-    for row in range(batch):
-        emit(row, first[row], float(first_logp[row, first[row]]))
-    if not active:
-        return Decoded(tokens, reasons, logprobs, compute)
-    last = first
+    logits, last = prefill_and_sample(model, prompt_ids, cache, out, sampling, generators)
+    if not out.active:
+        return out.decoded()
     proposer = make_proposer(prompt_ids, compute, logits.shape[-1])
     steps = row_steps = accepted_total = nodes = 0
-    while active:
-        row_steps += len(active)
-        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) if r in active else 0 for r in range(batch)]
+    while out.active:
+        row_steps += len(out.active)
+        limits = out.limits()
         trees = [t.pruned(limit) for t, limit in zip(proposer.propose(last, limits), limits)]
         for row, tree in enumerate(trees):
             if not tree.tokens or tree.tokens[0] != last[row] or tree.parents[0] != -1:
@@ -324,21 +299,21 @@ def tree_draft_and_verify(
         proposer.accepted([[tree.tokens[n] for n in path[1:]] for tree, path in zip(trees, paths)], final)
         logp = torch.log_softmax(verify_logits.float(), -1).cpu()  # [B, T, V]
         steps += 1
-        for row in sorted(active):
+        for row in sorted(out.active):
             tree, path = trees[row], paths[row]
             chosen = [tree.tokens[n] for n in path[1:]] + [final[row]]
             accepted_total += len(path) - 1
             nodes += len(tree)
             for node, token in zip(path, chosen):
-                emit(row, token, float(logp[row, node, token]))
-                if row not in active:
+                out.emit(row, token, float(logp[row, node, token]))
+                if row not in out.active:
                     break
         last = final
     if stats is not None:
         for key, value in (("steps", steps), ("accepted", accepted_total), ("row_steps", row_steps),
                            ("tree_nodes", nodes)):
             stats[key] = stats.get(key, 0) + value
-    return Decoded(tokens, reasons, logprobs, compute)
+    return out.decoded()
 
 
 def check_tree_width(tree_width) -> int:
