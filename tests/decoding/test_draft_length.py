@@ -18,8 +18,8 @@ from ponder.search.decoding import plain, spec_adaptive
 from ponder.search.decoding.smartspec import GoodputSchedule, expected_tokens
 from ponder.search.decoding.spec_adaptive import HeuristicSchedule
 
-SAMPLES = 4000
-NEW = 4
+SAMPLES = 3000
+NEW = 3  # 27 outcomes
 
 
 @pytest.mark.parametrize("kw", [{"policy": "heuristic"}, {"policy": "goodput", "costs": [0.1, 1.0, 0.05]}],
@@ -29,7 +29,7 @@ def test_policies_match_target_distribution(kw):
     stats: dict = {}
     out = spec_adaptive(target, [[0, 1]] * SAMPLES, sampling=SamplingParams(), max_new_tokens=NEW, draft=draft,
                         draft_len=2, generators=candidate_generators(0, range(SAMPLES)), stats=stats, **kw)
-    assert stats["accepted"] > SAMPLES // 4
+    assert stats["accepted"] > SAMPLES // 10
     counts = Counter(tuple(t) for t in out.tokens)
     assert chi_square_pvalue(counts, target.exact_distribution([0, 1], NEW, SamplingParams()), SAMPLES) > 1e-3
 

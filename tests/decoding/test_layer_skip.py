@@ -18,8 +18,8 @@ from ponder.search.core import candidate_generators
 from ponder.search.decoding import get_decoder, plain
 from ponder.search.decoding.layer_skip import layer_skip
 
-SAMPLES = 6000
-NEW = 4
+SAMPLES = 4000
+NEW = 3  # 27 outcomes
 
 
 class ToyLayered(ToyChain):

