@@ -219,7 +219,7 @@ def _run(quick: bool) -> dict:
             tps = m["tokens"] / m["seconds"]
             base = measured["plain b8"] if side.endswith("b8") else measured["plain"]
             base_tps = base["tokens"] / base["seconds"]
-            row = {"workload": name, "T": temperature, "batch": 8 if side.endswith("b8") else 1,
+            row = {"workload": name, "T": temperature, "batch": len(ids) if side.endswith("b8") else 1,
                    "decoder": side.removesuffix(" b8"), "tokens": m["tokens"], "tok_s": round(tps, 1),
                    "speedup_vs_plain": round(tps / base_tps, 3),
                    "tokens_per_target_call": round(m["tokens"] / m["calls"], 3) if m["calls"] else None,

@@ -8,8 +8,9 @@ holds each decoder's speedup over plain decoding measured in the same run. A wor
 are (model, draft, batch size, temperature bucket, prompt kind). Rows of another model are never
 used, nor rows whose decoder needs a draft other than the one given; among the rest, the rows at
 the nearest workload (distance: |log2 batch − log2 batch'| + |bucket − bucket'| + 1 for another
-prompt kind, ½ when a kind is unknown) vote, and the lossless decoder with the highest speedup wins
-— plain when none beats 1 or when there is no history (the choice says which and why).
+prompt kind, ½ when a kind is unknown) vote, and the lossless decoder with the highest speedup (its
+mean over tied nearest workloads) wins — plain when none beats 1 or when there is no history (the
+choice says which and why).
 """
 
 from __future__ import annotations
@@ -115,9 +116,14 @@ def choose(workload: Workload, path: Path, lossy_names: Sequence[str] = ()) -> C
         return Choice("plain", history=where, note=f"no speed history for model {workload.model!r} (with draft "
                       f"{workload.draft!r}) in {where}; ran plain — `ponder bench speculative` records one")
     nearest = min(d for d, _, _ in usable)
-    rows = [(row, other) for d, row, other in usable if d == nearest]
-    best, other = max(rows, key=lambda r: float(r[0]["speedup_vs_plain"]))
-    speedup = float(best["speedup_vs_plain"])
+    # tied nearest workloads (e.g. an unknown prompt kind): a decoder scores its mean speedup over them
+    groups: dict[str, list] = {}
+    for d, row, other in usable:
+        if d == nearest:
+            key = json.dumps([row["decoder"], row.get("draft"), row.get("options") or {}], sort_keys=True)
+            groups.setdefault(key, []).append((row, other))
+    scored = [(sum(float(r["speedup_vs_plain"]) for r, _ in g) / len(g), g[0]) for g in groups.values()]
+    speedup, (best, other) = max(scored, key=lambda item: item[0])
     base = dict(distance=nearest, nearest=asdict(other), history=where)
     if best["decoder"] == "plain" or speedup <= 1.0:
         return Choice("plain", speedup=speedup, note="no lossless decoder beat plain on the nearest workload", **base)

@@ -111,3 +111,14 @@ def test_bench_history_writer_appends_rows_the_chooser_reads(tmp_path):
     assert len(lines) == 2 and json.loads(lines[0])["decoder"] == "layer-skip"
     choice = choose(Workload("zoo:arith", None, 1, 0.0, "arith"), tmp_path / "speed.jsonl", [])
     assert choice.decoder == "layer-skip" and choice.options == {"draft_len": 6}
+
+
+def test_an_unknown_prompt_kind_scores_each_decoder_by_its_mean_over_the_tied_workloads(tmp_path):
+    path = tmp_path / "speed.jsonl"
+    rows = [_row("prompt-lookup", 1.1, kind="arith"), _row("prompt-lookup", 1.9, kind="copy"),
+            _row("speculative", 1.6, draft="d", kind="arith")]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # prompt lookup's best single row (1.9, copy) loses to speculative's 1.6 against its mean of 1.5
+    choice = choose(Workload("m", "d", 1, 0.0, None), path, [])
+    assert choice.decoder == "speculative" and choice.distance == 0.5
+    assert choose(Workload("m", "d", 1, 0.0, "copy"), path, []).decoder == "prompt-lookup"
