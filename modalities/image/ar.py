@@ -172,14 +172,19 @@ class ARImageModel(TextModel):
         return logits
 
 
-def load_ar(folder, name: str | None = None, **options) -> ARImageModel:
+def load_ar(folder, name: str | None = None, **options):
     """Load an autoregressive image model from a local folder (what `ponder.load("image", ...)` calls
-    for folders that are not diffusers pipelines)."""
+    for folders that are not diffusers pipelines): a codebook model (`ARImageModel`) or a Janus
+    folder (`janus.JanusImageModel`; option ``guidance_scale=``)."""
+    from ponder.modalities.image.janus import JanusImageModel, is_janus_folder
+
     folder = Path(folder)
     if (folder / CODEBOOK_FILE).is_file():
         return ARImageModel.from_folder(folder, name=name, **options)
+    if is_janus_folder(folder):
+        return JanusImageModel.from_folder(folder, name=name, **options)
     raise ModelLoadError(f"{str(folder)!r} is neither a diffusers pipeline (model_index.json) nor an AR image model "
-                         f"({CODEBOOK_FILE} + {LAYOUT_FILE} + a causal LM)")
+                         f"({CODEBOOK_FILE} + {LAYOUT_FILE} + a causal LM, or a JanusForConditionalGeneration folder)")
 
 
 __all__ = ["ARImageModel", "ImageTokens", "load_ar"]

@@ -159,7 +159,7 @@ class TextModel:
         )
         eos = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None),
-                       config.eos_token_id):
+                       getattr(config, "eos_token_id", None)):  # composite configs (Janus) have none
             if source is None:
                 continue
             eos.update(source if isinstance(source, (list, tuple)) else [source])
@@ -305,10 +305,16 @@ class TextModel:
                 full = torch.ones((b, length + t), dtype=torch.long, device=self.device)
             # [B, 1, T, L+T]: padding of the past, tree structure among the new tokens
             mask = tree_attention_bias(full[:, :length], tree_mask.to(self.device), self.dtype)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kwarg: cache})
+        logits = self._logits(ids, mask, positions, cache)
         if full is not None and bool((full == 0).any()):
             cache.attention_mask = full
+        return logits
+
+    def _logits(self, ids: torch.Tensor, mask, positions: torch.Tensor, cache) -> torch.Tensor:
+        """One forward of the wrapped model: float32 logits [B, T, V] (adapters that embed their
+        inputs differently, e.g. Janus image tokens, override this and keep the masks and positions)."""
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_kwarg: cache})
         return out.logits.float()
 
     # ---- what self-speculative decoders need ---------------------------------------------------
