@@ -36,9 +36,11 @@ STRATEGY_FLAGS = [
     ("--probe", int, "compute-optimal: samples that estimate difficulty"),
     ("--confidence", float, "adaptive: stop once the best score (or the vote share) reaches this"),
     ("--abstain-below", float, "return no answer when the best score is below this"),
-    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup, layer-skip, medusa, bild, ead: tokens "
-                        "drafted per step (most, for adaptive ones)"),
-    ("--threshold", float, "spec-adaptive: stop drafting once P(any rejection) exceeds this, in (0, 1)"),
+    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup, aded, layer-skip, medusa, bild, ead: tokens "
+                        "drafted per step (most, for adaptive ones); tree, rsd, spectr, token-recycling: draft tree "
+                        "depth; dyspec: most expansion rounds"),
+    ("--threshold", float, "spec-adaptive: stop drafting once P(any rejection) exceeds this, in (0, 1); "
+                           "dyspec: smallest draft path probability a tree node needs, in [0, 1)"),
 ]
 
 

@@ -100,12 +100,14 @@ class LookaheadProposer:
 
     def propose(self, last: list[int], limits: list[int]) -> list[DraftTree]:
         built = [row.tree(token, limit) for row, token, limit in zip(self.rows, last, limits)]
-        self.columns = [columns for _, columns in built]
+        self.columns = [columns for _, columns in built]  # read once by `verified`
         return [tree for tree, _ in built]
 
     def verified(self, logits: torch.Tensor) -> None:
-        """logits [B, T, V]: each row's top-level columns give the window's next guesses (argmax)."""
-        for row, (window, nodes) in enumerate(zip(self.rows, self.columns)):
+        """logits [B, T, V]: each row's top-level columns give the window's next guesses (argmax).
+        Acts once per proposed step, however many times it is handed the step's logits."""
+        columns, self.columns = self.columns, []
+        for row, (window, nodes) in enumerate(zip(self.rows, columns)):
             if nodes is not None:
                 window.advance(logits[row, torch.tensor(nodes, device=logits.device)].argmax(-1).tolist())
 
