@@ -19,7 +19,12 @@ def test_budget_shapes_spend_exactly_the_budget():
 
 
 @pytest.mark.skipif(not zoo.entry("digits").built, reason="zoo:digits weights not built")
-def test_quick_images_bench_has_the_json_shape_and_equal_nfe_rows(tmp_path):
+def test_quick_images_bench_has_the_json_shape_and_equal_nfe_rows(tmp_path, monkeypatch):
+    import ponder.bench.images as images
+
+    # part (b) is B's bench with its own tests; here only that its rows and goals are appended
+    stub_goal = {"name": "sjd steps", "target": ">= 2", "value": 2.5, "met": True}
+    monkeypatch.setattr(images, "_part_b", lambda quick, log: ([{"part": "b", "decoder": "sjd"}], [stub_goal]))
     assert "images" in BENCHES
     report = run("images", quick=True, plot_dir=tmp_path)
     json.dumps(report)  # JSON-serialisable as --json prints it
@@ -32,8 +37,10 @@ def test_quick_images_bench_has_the_json_shape_and_equal_nfe_rows(tmp_path):
         if r["method"] != "paths":
             assert r["nfe_used"] == r["nfe_budget"]
         assert 0.0 <= r["judge_accuracy"] <= 1.0 and 0.0 <= r["verifier_score"] <= 1.0
+        assert 0.0 <= r["judge_prob"] <= 1.0
     names = [g["name"] for g in report["goals"]]
-    assert any(n.startswith("random judge accuracy") for n in names)
+    assert any(n.startswith("random judge_accuracy") for n in names)
+    assert report["rows"][-1] == {"part": "b", "decoder": "sjd"} and report["goals"][-1] == stub_goal
     for g in report["goals"]:
         assert set(g) == {"name", "target", "value", "met"} and isinstance(g["met"], bool)
     assert (tmp_path / "images.png").stat().st_size > 0 and (tmp_path / "images-grid.png").stat().st_size > 0
