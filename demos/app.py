@@ -234,7 +234,7 @@ def model_choices(modality: str) -> list[str]:
 
 def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> None:
     from ponder import api
-    from ponder.search.decoding import DECODERS
+    from ponder.search.decoding import DECODERS, LOSSY
     from ponder.search.scaling import STRATEGIES
 
     models = model_choices(modality)
@@ -249,7 +249,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
                 names = api.IMAGE_VERIFIER_NAMES if modality == "image" else api.VERIFIER_NAMES
                 verifier = gr.Dropdown([NO_VERIFIER, *names], value=DEFAULT_VERIFIER.get(modality, NO_VERIFIER),
                                        allow_custom_value=True, label="Verifier (or a folder)")
-                decoder = gr.Dropdown(list(DECODERS), value="plain", label="Decoder")
+                decoder = gr.Dropdown(list(DECODERS), value="plain",
+                                      label=f"Decoder (LOSSY: {', '.join(sorted(LOSSY))})")
             with gr.Row():
                 n = gr.Slider(1, MAX_N, value=8, step=1, label="N (candidates)")
                 seed = gr.Number(value=0, precision=0, label="Seed")
