@@ -68,3 +68,16 @@ def test_bad_image_input_is_one_line_exit_2_and_no_files(capsys, unet_folder, tm
 def test_image_flags_on_a_text_model_are_refused(capsys, tmp_path):
     code, _, err = _run(capsys, "generate", "text", "--model", tmp_path, "--prompt", "x", "--steps", "3")
     assert code == 2 and "--steps (denoising steps) applies to image diffusion models" in err
+
+
+def test_readme_command_on_zoo_digits(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, _ = _run(capsys, "generate", "image", "--model", "zoo:digits", "--prompt", "7", "--strategy",
+                      "noise-paths", "--n", "2", "--verifier", "classifier", "--steps", "4", "--out", out)
+    result = json.loads((out / "result.json").read_text())
+    assert code == 0 and (out / "best.png").is_file() and (out / "candidate_001.png").is_file()
+    assert result["compute"]["nfe"] > 0 and result["compute"]["verifier_calls"] > 0
+    assert result["best"]["score"] == max(c["score"] for c in result["candidates"])
+    assert Image.open(out / "best.png").size == (16, 16)
+    code, _, err = _run(capsys, "generate", "image", "--model", "zoo:digits", "--prompt", "seven", "--out", out / "x")
+    assert code == 2 and "classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in err and not (out / "x").exists()
