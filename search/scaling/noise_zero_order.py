@@ -2,9 +2,10 @@
 
 Paper: Ma et al. 2025, "Inference-Time Scaling for Diffusion Models beyond Scaling Denoising Steps",
 section 3.2 (zero-order search). Rule: start from a pivot noise; each round, denoise N candidates in
-the pivot's neighbourhood {y : ||y - p|| = lambda * ||p||} (the first round's N include the pivot
-itself), score them with the verifier, and move the pivot to the round's best only if it beats the
-pivot's score. NFE = N * steps * iterations; the pivot at the end is the best sample seen.
+the pivot's neighbourhood {y : ||y|| = ||p||, ||y - p|| = lambda * ||p||} (on the pivot's sphere;
+the first round's N include the pivot itself), score them with the verifier, and move the pivot to
+the round's best only if it beats the pivot's score. NFE = N * steps * iterations; the final pivot
+is the best sample seen.
 """
 
 from __future__ import annotations
@@ -30,11 +31,18 @@ from ponder.search.scaling.noise_common import (
 
 
 def neighbours(model, pivot: torch.Tensor, seed: int, indices: Sequence[int], step_size: float) -> torch.Tensor:
-    """Noises at distance ``step_size * ||pivot||`` from `pivot` [1, ...], one per index: the direction
-    of neighbour j is a standard normal draw from generator (seed, j), normalised. -> [B, ...]"""
+    """Noises on the pivot's sphere (same norm, so they stay where Gaussian noise lives) at distance
+    ``step_size * ||pivot||`` from `pivot` [1, ...], one per index: the pivot rotated by the angle
+    2 asin(lambda / 2) towards a direction drawn from generator (seed, j) (its part orthogonal to
+    the pivot). -> [B, ...]"""
+    shape = (-1, *[1] * (pivot.dim() - 1))
+    radius = pivot.flatten(1).norm(dim=1).view(shape)  # [1, 1, ...]
+    unit = pivot / radius
     direction = seeded_noise(model, seed, indices)  # [B, ...]
-    direction = direction / direction.flatten(1).norm(dim=1).view(-1, *[1] * (pivot.dim() - 1))
-    return pivot + step_size * pivot.flatten(1).norm(dim=1).view(-1, *[1] * (pivot.dim() - 1)) * direction
+    direction = direction - (direction * unit).flatten(1).sum(1).view(shape) * unit  # orthogonal to the pivot
+    direction = direction / direction.flatten(1).norm(dim=1).view(shape)
+    angle = 2 * math.asin(step_size / 2)  # chord length lambda on the unit sphere
+    return math.cos(angle) * pivot + math.sin(angle) * radius * direction
 
 
 def chain_noise(model, seed: int, chain: Sequence[int], step_size: float) -> torch.Tensor:
@@ -55,7 +63,7 @@ def noise_zero_order(model, prompt: Any, verifier: Verifier | None = None, *, n:
         n: candidates per round (>= 2: round one is the pivot plus n - 1 neighbours).
         seed: candidate j's noise (the pivot, j = 0) or direction comes from generator (seed, j).
         steps: denoising steps per sample. iterations: rounds. step_size: lambda, the neighbours'
-            distance as a share of the pivot's norm (0 < lambda <= 2).
+            distance as a share of the pivot's norm (0 < lambda < 2; 2 would be the antipode).
     Returns:
         A Result with every evaluated candidate (meta: round, chain = pivot indices then its own, became_pivot)
         and best = the final pivot (the highest score seen; ties to the earliest).
@@ -65,9 +73,9 @@ def noise_zero_order(model, prompt: Any, verifier: Verifier | None = None, *, n:
     if n < 2:
         raise ConfigError(f"noise-zero-order needs n >= 2 (the pivot and at least one neighbour), got {n}")
     positive_int("iterations", iterations)
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (0 < step_size <= 2) \
-            or math.isnan(step_size):
-        raise ConfigError(f"step_size (lambda) must be a number in (0, 2], got {step_size!r}")
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (0 < step_size < 2):
+        raise ConfigError(f"step_size (lambda) must be a number in (0, 2) (a share of the pivot's norm), "
+                          f"got {step_size!r}")
     compute = Compute()
     candidates = []
     with compute.timed():

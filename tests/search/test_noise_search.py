@@ -125,12 +125,15 @@ def test_more_random_search_budget_never_lowers_the_best_score(seed):
 # ---- zero-order search ---------------------------------------------------------------------------
 
 
-def test_neighbours_lie_at_distance_lambda_times_the_pivot_norm():
+@pytest.mark.parametrize("step_size", [0.3, 1.0, 1.9])
+def test_neighbours_lie_on_the_pivot_sphere_at_distance_lambda_times_its_norm(step_size):
     model = GaussianDenoiser()
     pivot = model.noise([torch.Generator().manual_seed(0)])
-    ys = neighbours(model, pivot, 0, [1, 2, 3], 0.3)
-    dist = (ys - pivot).norm(dim=1)
-    assert torch.allclose(dist, torch.full((3,), 0.3 * pivot.norm().item()), atol=1e-5)
+    ys = neighbours(model, pivot, 0, [1, 2, 3], step_size)
+    norm = pivot.norm().item()
+    assert torch.allclose((ys - pivot).norm(dim=1), torch.full((3,), step_size * norm), atol=1e-4)
+    assert torch.allclose(ys.norm(dim=1), torch.full((3,), norm), atol=1e-4)  # no drift off the shell
+    assert not torch.allclose(ys[0], ys[1])  # each index its own direction
 
 
 def test_zero_order_moves_the_pivot_only_on_improvement():
@@ -217,7 +220,8 @@ def test_paths_with_more_branches_raises_the_toy_score():
     (noise_random, {"n": 2, "temperature": 1.0}, "no option 'temperature'"),
     (noise_zero_order, {"n": 1}, "n >= 2"),
     (noise_zero_order, {"n": 3, "step_size": 0.0}, "step_size"),
-    (noise_zero_order, {"n": 3, "step_size": 2.5}, "step_size"),
+    (noise_zero_order, {"n": 3, "step_size": 2.0}, "step_size"),
+    (noise_zero_order, {"n": 3, "step_size": float("nan")}, "step_size"),
     (noise_zero_order, {"n": 3, "iterations": 0}, "iterations must be"),
     (noise_paths, {"n": 2, "forward": 2, "backward": 2}, "backward"),
     (noise_paths, {"n": 2, "steps": 6, "start": 6}, "start must be"),
