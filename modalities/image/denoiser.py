@@ -25,6 +25,7 @@ Folder layout (what `ponder.load("image", folder)` reads; A2's ``zoo:digits`` is
 * ``DiTPipeline`` (transformer + vae + scheduler; ``id2label`` in model_index.json as diffusers writes it
   for DiT): class prompts, classifier-free guidance against the null class.
 * ``StableDiffusionPipeline`` (UNet2DConditionModel + CLIP text encoder + vae): text prompts, CFG.
+* ``StableDiffusionXLPipeline`` (two CLIP encoders; pooled text and size micro-conditioning): text, CFG.
 * ``StableDiffusion3Pipeline`` (SD3Transformer2DModel + FlowMatchEulerDiscreteScheduler; the T5
   encoder may be absent): text prompts, CFG, flow-matching Euler.
 
@@ -52,6 +53,7 @@ FAMILIES = {
     "DDPMPipeline": "unet", "DDIMPipeline": "unet",
     "DiTPipeline": "dit",
     "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
 }
 
@@ -220,10 +222,10 @@ class DiffusersDenoiser:
         self.name = name
         self.family = family
         self.labels = labels
-        self.net = pipe.unet if family in ("unet", "sd") else pipe.transformer
+        self.net = pipe.unet if family in ("unet", "sd", "sdxl") else pipe.transformer
         self.vae = getattr(pipe, "vae", None)
         self.sampler = _make_sampler(sampler, pipe.scheduler)
-        defaults = {"unet": 1.0, "dit": 4.0, "sd": 7.5, "sd3": 7.0}
+        defaults = {"unet": 1.0, "dit": 4.0, "sd": 7.5, "sdxl": 5.0, "sd3": 7.0}
         self.guidance_scale = float(defaults[family] if guidance_scale is None else guidance_scale)
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 1.0:
             raise ConfigError(f"guidance_scale must be a number >= 1 (1 = no guidance), got {guidance_scale!r}")
@@ -320,7 +322,7 @@ class DiffusersDenoiser:
         if self.family == "dit" and (height, width) != (native_h, native_w):
             raise ConfigError(f"this DiT makes only {native_h}x{native_w} images (fixed position embeddings), "
                               f"got {height}x{width}")
-        if self.family in ("unet", "sd"):
+        if self.family in ("unet", "sd", "sdxl"):
             factor = self.vae_factor * 2 ** (len(cfg.down_block_types) - 1)
         else:  # sd3: latent patches
             factor = self.vae_factor * cfg.patch_size
@@ -352,6 +354,15 @@ class DiffusersDenoiser:
                 pos, neg = self.pipe.encode_prompt(prompt, self.device, 1, cfg, negative_prompt=None)
                 cond = {"encoder_hidden_states": pos}
                 uncond = {"encoder_hidden_states": neg} if cfg else None
+            elif self.family == "sdxl":  # pooled text + (original size, crop corner, target size) ids
+                pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompt, prompt, self.device, 1, cfg)
+                size = (self.height, self.width)
+                time_ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=pos.dtype,
+                                                       text_encoder_projection_dim=pooled.shape[-1]).to(self.device)
+                cond = {"encoder_hidden_states": pos, "text_embeds": pooled, "time_ids": time_ids}
+                uncond = None
+                if cfg:
+                    uncond = {"encoder_hidden_states": neg, "text_embeds": neg_pooled, "time_ids": time_ids}
             else:  # sd3
                 pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompt, prompt, prompt, device=self.device,
                                                                        num_images_per_prompt=1,
@@ -400,6 +411,10 @@ class DiffusersDenoiser:
         with torch.no_grad():
             if self.family in ("unet", "sd"):
                 out = self.net(x_in, timestep, **kwargs).sample
+            elif self.family == "sdxl":
+                added = {"text_embeds": kwargs["text_embeds"], "time_ids": kwargs["time_ids"]}
+                out = self.net(x_in, timestep, encoder_hidden_states=kwargs["encoder_hidden_states"],
+                               added_cond_kwargs=added).sample
             elif self.family == "dit":
                 out = self.net(x_in, timestep=timestep, **kwargs).sample
                 if self.net.config.out_channels // 2 == self.channels:  # learned sigma: keep the mean part
@@ -485,6 +500,10 @@ class DiffusersDenoiser:
                 z = x0 / cfg.scaling_factor
                 if self.family == "sd3" and cfg.get("shift_factor") is not None:
                     z = z + cfg.shift_factor
+                if self.family == "sdxl" and cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:
+                    mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z)
+                    std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z)
+                    z = z * std + mean
                 x0 = self.vae.decode(z.to(self.vae.dtype)).sample
         pixels = (x0.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, C]
         images = (pixels * 255).round().astype("uint8")

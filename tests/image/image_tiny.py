@@ -122,3 +122,24 @@ def sd3_folder(root: Path) -> Path:
     folder = root / "sd3"
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def sdxl_folder(root: Path) -> Path:
+    """A tiny StableDiffusionXLPipeline (two CLIP encoders, text_time added conditioning), 16x16 pixels."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=2, attention_head_dim=2, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16)
+    sched = DDIMScheduler(num_train_timesteps=100, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=CLIPTextModel(_clip_text_config()),
+                                     text_encoder_2=CLIPTextModelWithProjection(_clip_text_config()),
+                                     tokenizer=tiny_clip_tokenizer(), tokenizer_2=tiny_clip_tokenizer(), unet=unet,
+                                     scheduler=sched, add_watermarker=False)
+    folder = root / "sdxl"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -25,6 +25,7 @@ def folders(tmp_path_factory):
         "unet-v": image_tiny.class_unet_folder(root / "b", prediction_type="v_prediction"),
         "sd": image_tiny.sd_folder(root),
         "sd-euler": image_tiny.sd_folder(root, "EulerDiscreteScheduler"),
+        "sdxl": image_tiny.sdxl_folder(root),
         "dit": image_tiny.dit_folder(root),
         "sd3": image_tiny.sd3_folder(root),
     }
@@ -49,7 +50,7 @@ def test_class_unet_ddim_equals_diffusers_ddim_scheduler_loop(folders, which):
     assert model.nfe == 2 * 4  # rows x steps
 
 
-@pytest.mark.parametrize("which", ["sd", "sd-euler"])
+@pytest.mark.parametrize("which", ["sd", "sd-euler", "sdxl"])
 def test_stable_diffusion_latents_and_pixels_equal_the_pipeline(folders, which):
     model = ponder.load("image", folders[which])
     assert model.sampler.name == ("euler" if which == "sd-euler" else "ddim")
