@@ -45,7 +45,7 @@ import torch
 
 from ponder.errors import ConfigError, InputError, ModelLoadError
 
-SAMPLERS = ("ddim", "euler", "flow")
+SAMPLERS = ("ddim", "euler", "euler-karras", "flow")
 # what `DiffusersDenoiser.from_folder` takes besides the folder and name
 LOAD_OPTIONS = ("sampler", "guidance_scale", "height", "width", "steps", "dtype", "device")
 # pipeline class -> how the network is called
@@ -118,11 +118,15 @@ class _Euler(_SigmaGrid):
 
     name = "euler"
 
-    def __init__(self, config):
+    def __init__(self, config, karras: bool | None = None):
         import numpy as np
         from diffusers import EulerDiscreteScheduler
 
-        self.scheduler = EulerDiscreteScheduler.from_config(config)
+        # karras=True spaces the sigmas as Karras et al. (rho = 7); None keeps the scheduler's choice
+        extra = {} if karras is None else {"use_karras_sigmas": karras}
+        self.scheduler = EulerDiscreteScheduler.from_config(config, **extra)
+        if karras:
+            self.name = "euler-karras"
         acp = self.scheduler.alphas_cumprod.double().numpy()
         self.log_sigmas = np.log(((1 - acp) / acp) ** 0.5)
         self.table: dict[float, float] = {}
@@ -170,9 +174,11 @@ def _make_sampler(name: str | None, scheduler) -> _Sampler:
         raise ConfigError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if (name == "flow") != is_flow:
         kind = "a flow-matching" if is_flow else "a noise-prediction (VP)"
-        allowed = "flow" if is_flow else "ddim, euler"
+        allowed = "flow" if is_flow else "ddim, euler, euler-karras"
         raise ConfigError(f"sampler {name!r} does not fit {kind} scheduler ({type(scheduler).__name__}); "
                           f"use {allowed}")
+    if name == "euler-karras":
+        return _Euler(config, karras=True)
     return {"ddim": _DDIM, "euler": _Euler, "flow": _Flow}[name](config)
 
 
@@ -210,7 +216,7 @@ class DiffusersDenoiser:
         default_steps: steps used when a strategy is not told how many.
         nfe: network evaluations so far, counted per batch row (a classifier-free-guidance pair
             counts 2); strategies read the difference around their work.
-        sampler: "ddim" | "euler" | "flow".
+        sampler: "ddim" | "euler" | "euler-karras" | "flow".
     """
 
     modality = "image"
@@ -252,7 +258,7 @@ class DiffusersDenoiser:
         Args:
             folder: a diffusers pipeline folder (see the module docstring for the kinds supported).
             name: what results call the model (default: the folder path).
-            sampler: "ddim" | "euler" | "flow" (default: flow for flow-matching schedulers, euler for
+            sampler: "ddim" | "euler" | "euler-karras" | "flow" (default: flow for flow-matching schedulers, euler for
                 an Euler scheduler, else ddim).
             guidance_scale: classifier-free guidance (>= 1; 1 = off); default the pipeline's usual.
             height, width: image size in pixels (default: the model's native size).

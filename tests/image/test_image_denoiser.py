@@ -67,6 +67,19 @@ def test_stable_diffusion_latents_and_pixels_equal_the_pipeline(folders, which):
     assert diff.max() <= 1  # same bytes up to a rounding flip from 1e-6 latent differences
 
 
+def test_euler_karras_sigmas_equal_the_pipeline_with_a_karras_euler_scheduler(folders):
+    from diffusers import EulerDiscreteScheduler
+
+    model = ponder.load("image", folders["sd-euler"], sampler="euler-karras")
+    x = model.noise(gens(8))
+    ours = model.sample(x, model.condition("the cat", 1), 4)
+    model.pipe.scheduler = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config, use_karras_sigmas=True)
+    ref = model.pipe(prompt="the cat", num_inference_steps=4, latents=x.clone(), output_type="latent").images
+    assert torch.allclose(ours, ref, atol=1e-5)
+    plain = ponder.load("image", folders["sd-euler"])
+    assert model.timesteps(4) != plain.timesteps(4)  # a different grid, not the default one
+
+
 def test_dit_with_guidance_equals_dit_pipeline(folders):
     model = ponder.load("image", folders["dit"])
     assert model.labels[:2] == ["tench, Tinca tinca", "goldfish"] and model.guidance_scale == 4.0
