@@ -39,7 +39,8 @@ def load(modality: str, spec: str | Path, **options):
     if spec.startswith("zoo:"):
         entry = zoo.entry(spec)
         if entry.modality != modality or entry.kind not in ("model", "draft"):
-            raise ModelLoadError(f"zoo:{entry.name} is a {entry.modality} {entry.kind}, not a {modality} model")
+            article = "an" if entry.modality[0] in "aeiou" else "a"
+            raise ModelLoadError(f"zoo:{entry.name} is {article} {entry.modality} {entry.kind}, not a {modality} model")
         folder, name = zoo.folder(spec), spec
     else:
         folder = Path(spec)
