@@ -39,8 +39,10 @@ def load(modality: str, spec: str | Path, **options):
     if spec.startswith("zoo:"):
         entry = zoo.entry(spec)
         if entry.modality != modality or entry.kind not in ("model", "draft"):
-            article = "an" if entry.modality[0] in "aeiou" else "a"
-            raise ModelLoadError(f"zoo:{entry.name} is {article} {entry.modality} {entry.kind}, not a {modality} model")
+            def a(word: str) -> str:
+                return ("an " if word[0] in "aeiou" else "a ") + word
+
+            raise ModelLoadError(f"zoo:{entry.name} is {a(entry.modality)} {entry.kind}, not {a(modality)} model")
         folder, name = zoo.folder(spec), spec
     else:
         folder = Path(spec)
