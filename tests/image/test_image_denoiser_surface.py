@@ -164,3 +164,5 @@ def test_classifier_name_loads_the_zoo_digits_classifier():
     image = grey(np.random.default_rng(0).integers(0, 255, (16, 16)))
     total = sum(float(verifier.score(str(d), [image])[0]) for d in range(10))
     assert total == pytest.approx(1.0, abs=1e-5)
+    ensemble = ponder.load_verifier("image", "ensemble")  # classifier + aesthetic, rank-averaged
+    assert [v.name for v in ensemble.verifiers] == ["classifier", "aesthetic"] and ensemble.method == "rank"
