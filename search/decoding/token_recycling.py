@@ -58,6 +58,16 @@ class AdjacencyMatrix:
         self.table = torch.full((vocab, topk), -1, dtype=torch.long)  # [V, k]
         self.seen = torch.zeros(vocab, dtype=torch.bool)  # [V]: rows already set from target logits
 
+    def copy(self) -> AdjacencyMatrix:
+        out = AdjacencyMatrix(*self.table.shape)
+        out.table, out.seen = self.table.clone(), self.seen.clone()
+        return out
+
+    def merge(self, other: AdjacencyMatrix) -> None:
+        """Take every row `other` has set from target logits (what another decoding learned)."""
+        self.table[other.seen] = other.table[other.seen]
+        self.seen |= other.seen
+
     def warm_start(self, tokens: Sequence[int]) -> None:
         """Fill rows no logit has set from the stream's successors: M[x] = what followed x, latest first."""
         vocab, topk = self.table.shape
@@ -111,8 +121,13 @@ class RecyclingProposer:
     every verified node's logits."""
 
     def __init__(self, prompt_ids: Sequence[Sequence[int]], vocab: int, *, topk: int, tree_size: int,
-                 max_depth: int):
-        self.matrices = [AdjacencyMatrix(vocab, topk) for _ in prompt_ids]
+                 max_depth: int, start: AdjacencyMatrix | None = None):
+        if start is None:
+            start = AdjacencyMatrix(vocab, topk)
+        elif tuple(start.table.shape) != (vocab, min(topk, vocab)):
+            raise ConfigError(f"adjacency matrix is {tuple(start.table.shape)} but this model and topk need "
+                              f"{(vocab, min(topk, vocab))} (vocabulary, topk); learn it with the same model and topk")
+        self.matrices = [start.copy() for _ in prompt_ids]
         for matrix, prompt in zip(self.matrices, prompt_ids):
             matrix.warm_start(prompt)
         self.template = tree_template(tree_size, topk, max_depth)
@@ -174,6 +189,7 @@ def token_recycling(
     topk: int = 4,
     tree_size: int = 8,
     draft_len: int = 8,
+    adjacency: AdjacencyMatrix | None = None,
     stats: dict | None = None,
 ) -> Decoded:
     """Lossless decoding from `model` with Token Recycling's adjacency-matrix draft trees (no draft model).
@@ -186,10 +202,38 @@ def token_recycling(
             uses ~80 on a GPU; on a CPU every fed token costs (a 25-token forward ≈ 3 one-token
             forwards here), so the default is small.
         draft_len: deepest draft path, a positive integer.
+        adjacency: the matrix every row starts from (copied, never changed) — what `learn_adjacency`
+            learned on earlier queries, as the paper carries M across queries; None starts empty.
         stats: optional dict that receives "steps", "row_steps", "accepted" and "tree_nodes".
     Returns:
         `Decoded`, distributed exactly as plain sampling from `model` (greedy: identical tokens).
     """
+    return _recycle(model, prompt_ids, sampling=sampling, max_new_tokens=max_new_tokens, generators=generators,
+                    stop=stop, stream=stream, draft=draft, topk=topk, tree_size=tree_size, draft_len=draft_len,
+                    adjacency=adjacency, stats=stats)[0]
+
+
+def learn_adjacency(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+                    topk: int = 4, tree_size: int = 8, draft_len: int = 8,
+                    adjacency: AdjacencyMatrix | None = None) -> AdjacencyMatrix:
+    """Decode `prompt_ids` greedily with Token Recycling and return the matrix they leave (every
+    row's learned rows merged in order, over `adjacency` when given): the warm start for later
+    queries, as the paper keeps M from one query to the next."""
+    _, proposer = _recycle(model, prompt_ids, sampling=SamplingParams(temperature=0.0),
+                           max_new_tokens=max_new_tokens, topk=topk, tree_size=tree_size, draft_len=draft_len,
+                           adjacency=adjacency)
+    learned = adjacency.copy() if adjacency is not None else None
+    for matrix in [] if proposer is None else proposer.matrices:
+        if learned is None:
+            learned = AdjacencyMatrix(*matrix.table.shape)
+        learned.merge(matrix)
+    if learned is None:  # nothing was decoded (no verify step ran)
+        raise ConfigError("learn_adjacency decoded nothing; give it prompts and max_new_tokens >= 2")
+    return learned
+
+
+def _recycle(model, prompt_ids, *, sampling, max_new_tokens, generators=None, stop=None, stream=None, draft=None,
+             topk, tree_size, draft_len, adjacency, stats=None) -> tuple[Decoded, RecyclingProposer | None]:
     topk = _check_positive("topk", topk, "candidates kept per token")
     tree_size = _check_positive("tree_size", tree_size, "draft nodes per step")
     draft_len = check_draft_len(draft_len)
@@ -200,14 +244,16 @@ def token_recycling(
     box: list = []
 
     def make_proposer(prompts, _compute, vocab):
-        box.append(RecyclingProposer(prompts, vocab, topk=topk, tree_size=tree_size, max_depth=draft_len))
+        box.append(RecyclingProposer(prompts, vocab, topk=topk, tree_size=tree_size, max_depth=draft_len,
+                                     start=adjacency))
         return box[0]
 
     compute = Compute()
     with compute.timed():
-        return tree_draft_and_verify(_LogitTap(model, box), prompt_ids, make_proposer, sampling=sampling,
-                                     max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                     stream=stream, compute=compute, stats=stats)
+        decoded = tree_draft_and_verify(_LogitTap(model, box), prompt_ids, make_proposer, sampling=sampling,
+                                        max_new_tokens=max_new_tokens, generators=generators, stop=stop,
+                                        stream=stream, compute=compute, stats=stats)
+    return decoded, (box[0] if box else None)
 
 
-__all__ = ["AdjacencyMatrix", "RecyclingProposer", "token_recycling", "tree_template"]
+__all__ = ["AdjacencyMatrix", "RecyclingProposer", "learn_adjacency", "token_recycling", "tree_template"]

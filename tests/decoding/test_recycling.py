@@ -15,7 +15,7 @@ from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import candidate_generators
 from ponder.search.decoding import get_decoder, plain, token_recycling
-from ponder.search.decoding.token_recycling import AdjacencyMatrix, tree_template
+from ponder.search.decoding.token_recycling import AdjacencyMatrix, learn_adjacency, tree_template
 
 TREE_MODULE = sys.modules["ponder.search.decoding.tree_verify"]
 SAMPLES = 3000
@@ -105,6 +105,22 @@ def test_token_recycling_greedy_equals_plain_greedy(tiny_model_folders):
         assert out.tokens == ref.tokens and out.stop_reasons == ref.stop_reasons
         assert out.logprobs == [pytest.approx(lp, abs=1e-4) for lp in ref.logprobs]
         assert stats["accepted"] > 0 and out.compute.model_calls < 1 + sum(len(t) for t in ref.tokens)
+
+
+def test_adjacency_learned_on_earlier_queries_starts_later_ones_and_is_never_changed():
+    target = ToyChain(seed=4)
+    greedy = SamplingParams(temperature=0.0)
+    learned = learn_adjacency(target, [[2, 2, 1], [1, 0]], max_new_tokens=8, topk=2)
+    assert learned.seen.any() and tuple(learned.table.shape) == (3, 2)
+    for token in learned.seen.nonzero()[:, 0].tolist():  # a learned row is the target's top-2 after that token
+        assert set(learned.table[token].tolist()) <= {0, 1, 2} and -1 not in learned.table[token].tolist()
+    before = learned.table.clone()
+    cold = token_recycling(target, [PROMPT], sampling=greedy, max_new_tokens=12, topk=2)
+    warm = token_recycling(target, [PROMPT], sampling=greedy, max_new_tokens=12, topk=2, adjacency=learned)
+    assert warm.tokens == cold.tokens == plain(target, [PROMPT], sampling=greedy, max_new_tokens=12).tokens
+    assert torch.equal(learned.table, before)  # the decoder copies the start matrix
+    with pytest.raises(ConfigError, match="adjacency matrix is"):
+        token_recycling(target, [PROMPT], sampling=greedy, max_new_tokens=4, topk=1, adjacency=learned)
 
 
 @pytest.mark.parametrize("options, message", [
