@@ -330,12 +330,16 @@ def generate(
 
 def check_lossless(decoder, options: dict, lossless: bool) -> bool:
     """Whether `decoder` with `options` is lossy; ConfigError when it is and `lossless` was asked."""
-    from ponder.search.decoding import DECODERS, is_lossy
+    from ponder.search.decoding import DECODERS, LOSSY, LOSSY_OPTIONS, is_lossy
 
     if not isinstance(decoder, str):
         return False
     lossy = is_lossy(decoder, options)
     if lossy and lossless:
+        if decoder not in LOSSY:  # lossless decoder, lossy option
+            option, value = LOSSY_OPTIONS[decoder]
+            raise ConfigError(f"decoder {decoder!r} with {option}={value!r} is lossy (its output is not distributed "
+                              f"as plain sampling's) and --lossless / lossless=True refuses it; drop {option}")
         allowed = [name for name in DECODERS if not is_lossy(name)]
         raise ConfigError(f"decoder {decoder!r} is lossy (its output is not distributed as plain sampling's) and "
                           f"--lossless / lossless=True allows only lossless decoders: {', '.join(allowed)}")
