@@ -50,12 +50,27 @@ class DraftTreeModel:
         logits = feed_rows(self.draft, self.cache, rows)  # [B, W, V_d]
         self.compute.draft_calls += 1
         self.base = self.cache.length
+        self.fed: list[int] | None = [0] * len(rows)  # chain nodes past the root in the cache, per row
         ends = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
         return self.probs(logits[torch.arange(len(rows), device=logits.device), ends])  # [B, V]
 
     def score(self, trees: Sequence[DraftTree], nodes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """q at nodes[r] of trees[r] (none of them a root): one draft forward over every tree's non-root
-        nodes. Returns per row a [len(nodes[r]), V] tensor."""
+        nodes. Returns per row a [len(nodes[r]), V] tensor.
+
+        While every row's tree is still a chain, its nodes stay in the cache and only the new ones
+        are fed (causal, as a chain drafter would); a branching tree is re-fed whole with its mask."""
+        fed = self.fed
+        if fed is not None and all(t.parents == list(range(-1, len(t) - 1)) and len(t) - 1 > f
+                                   for t, f in zip(trees, fed)):
+            logits = feed_rows(self.draft, self.cache, [t.tokens[1 + f:] for t, f in zip(trees, fed)])  # [B, W, V_d]
+            self.compute.draft_calls += 1
+            self.fed = [len(t) - 1 for t in trees]
+            return [self.probs(logits[row, torch.tensor([n - 1 - f for n in wanted], dtype=torch.long,
+                                                         device=logits.device)])
+                    if len(wanted) else torch.zeros((0, self.vocab)) for row, (wanted, f) in enumerate(zip(nodes, fed))]
+        self.cache.truncate(self.base)
+        self.fed = None
         tokens = [t.tokens[1:] or [0] for t in trees]
         parents = [[p - 1 for p in t.parents[1:]] or [-1] for t in trees]  # the root is in the cache: -1
         ids, par = pack_trees(tokens, parents)  # [B, T-1]
