@@ -27,7 +27,6 @@ from ponder.kernels.sampling import SamplingParams
 from ponder.kernels.tree import trie_from_paths
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.token_recycling import _LogitTap
 from ponder.search.decoding.tree_verify import DraftTree, check_tree_cache, tree_draft_and_verify
 
 
@@ -155,17 +154,12 @@ def lookahead(
         raise ConfigError("decoder 'lookahead' drafts with the target itself and takes no draft model; "
                           "drop --draft, or use --decoder speculative")
     check_tree_cache(model)
-    box: list = []
-
-    def make_proposer(prompts, _compute, _vocab):
-        box.append(LookaheadProposer(prompts, window=window, ngram=ngram, guesses=guesses))
-        return box[0]
-
     compute = Compute()
     with compute.timed():
-        return tree_draft_and_verify(_LogitTap(model, box), prompt_ids, make_proposer, sampling=sampling,
-                                     max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                     stream=stream, compute=compute, stats=stats)
-
+        return tree_draft_and_verify(
+            model, prompt_ids,
+            lambda prompts, _compute, _vocab: LookaheadProposer(prompts, window=window, ngram=ngram, guesses=guesses),
+            sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+            compute=compute, stats=stats)
 
 __all__ = ["LookaheadProposer", "LookaheadWindow", "NgramPool", "lookahead"]

@@ -154,22 +154,6 @@ class RecyclingProposer:
                           self.logits[row, index.to(self.logits.device)])
 
 
-class _LogitTap:
-    """The target model, recording each forward's logits for the proposer (what `verified` reads)."""
-
-    def __init__(self, model: SequenceModel, proposer_box: list):
-        self._model, self._box = model, proposer_box
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def forward(self, tokens, cache, attn_mask=None):
-        logits = self._model.forward(tokens, cache, attn_mask=attn_mask)  # [B, T, V]
-        if self._box:
-            self._box[0].verified(logits)
-        return logits
-
-
 def _check_positive(name: str, value, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer ({meaning}), got {value!r}")
@@ -250,7 +234,7 @@ def _recycle(model, prompt_ids, *, sampling, max_new_tokens, generators=None, st
 
     compute = Compute()
     with compute.timed():
-        decoded = tree_draft_and_verify(_LogitTap(model, box), prompt_ids, make_proposer, sampling=sampling,
+        decoded = tree_draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling,
                                         max_new_tokens=max_new_tokens, generators=generators, stop=stop,
                                         stream=stream, compute=compute, stats=stats)
     return decoded, (box[0] if box else None)

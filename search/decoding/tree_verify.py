@@ -118,6 +118,9 @@ class TreeProposer(Protocol):
         """Row r accepted the draft tokens paths[r] (root excluded), then `final[r]` (not yet fed)."""
         ...
 
+    # optional: `verified(logits [B, T, V])`, called with each verify pass's logits (node order of the
+    # proposed trees) before `accepted` — drafters that learn from every node (Token Recycling, lookahead)
+
 
 # ---- acceptance rules ---------------------------------------------------------------------------------
 
@@ -296,6 +299,9 @@ def tree_draft_and_verify(
         compute.model_calls += 1
         paths, final = walk_trees(verify_logits, trees, sampling, generators, rule)
         keep_paths(cache, start, paths)
+        verified = getattr(proposer, "verified", None)
+        if verified is not None:
+            verified(verify_logits)
         proposer.accepted([[tree.tokens[n] for n in path[1:]] for tree, path in zip(trees, paths)], final)
         logp = torch.log_softmax(verify_logits.float(), -1).cpu()  # [B, T, V]
         steps += 1
