@@ -168,7 +168,8 @@ def draft_and_verify(
     while active:
         row_steps += len(active)
         # never draft past a row's token budget (nor, so, past the context `check_length` allowed)
-        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) for r in range(batch)]
+        # finished rows (EOS, stop) draft nothing: their verify columns would be wasted work
+        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) if r in active else 0 for r in range(batch)]
         drafts, draft_probs = proposer.propose(last, limits)
         drafts = [d[:limit] for d, limit in zip(drafts, limits)]
         start = cache.length
