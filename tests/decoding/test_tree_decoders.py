@@ -172,3 +172,46 @@ def test_bad_input_errors(llama, qwen2):
         get_decoder("dyspec")(llama, ids, draft=qwen2, budget=0, **kw)
     with pytest.raises(ConfigError, match="threshold must be in"):
         get_decoder("dyspec")(llama, ids, draft=qwen2, threshold=1.5, **kw)
+
+
+def test_draft_tree_scores_equal_plain_forwards_on_chain_and_branching_trees(llama):
+    from ponder.search.core import Compute
+    from ponder.search.decoding.tree_draft import DraftTreeModel
+    from ponder.search.decoding.tree_verify import DraftTree
+
+    prompt = llama.encode(PROMPTS[0])
+    vocab = llama.model.config.vocab_size
+    drafter = DraftTreeModel(llama, [prompt], Compute(), sampling=SamplingParams(temperature=0.0), vocab=vocab)
+
+    def reference(tokens):  # softmax after prompt + tokens, from a fresh cache
+        cache = llama.new_cache()
+        llama.prefill([prompt], cache)
+        return llama.forward(torch.tensor([tokens]), cache)[0, -1].softmax(-1)
+
+    torch.testing.assert_close(drafter.root([40])[0], reference([40]), atol=1e-5, rtol=1e-5)
+    tree = DraftTree([40], [-1])
+    a = tree.add(0, 41)
+    q_chain = drafter.score([tree], [[a]])[0][0]  # a chain: fed incrementally
+    torch.testing.assert_close(q_chain, reference([40, 41]), atol=1e-5, rtol=1e-5)
+    b = tree.add(a, 42)
+    c = tree.add(0, 43)  # a branch: the tree is re-fed with its mask
+    q_b, q_c = drafter.score([tree], [[b, c]])[0]
+    torch.testing.assert_close(q_b, reference([40, 41, 42]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q_c, reference([40, 43]), atol=1e-5, rtol=1e-5)
+    assert drafter.cache.length == len(prompt) + 1  # rolled back to the root after scoring
+
+
+def test_pruned_tree_keeps_nodes_up_to_the_depth_and_their_draws():
+    from ponder.search.decoding.tree_verify import DraftTree
+
+    tree = DraftTree([5], [-1], draws=[[1, 2]])
+    one = tree.add(0, 1)
+    tree.draws.append([3])
+    tree.add(0, 2)
+    tree.draws.append([])
+    tree.add(one, 3)
+    tree.draws.append([])
+    cut = tree.pruned(1)
+    assert cut.tokens == [5, 1, 2] and cut.parents == [-1, 0, 0]
+    assert cut.node_draws(1) == [3] and cut.children(1) == {}  # token 3 stays a draw, no longer a node
+    assert tree.pruned(2) is tree
