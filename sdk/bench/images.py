@@ -27,7 +27,7 @@ from ponder.bench import goal
 
 BUDGETS = (8, 16, 32, 64, 128)
 QUICK_BUDGETS = (8, 16)
-SEEDS = 2  # seeds per class (full run; 20 images per cell on the shared 2-core machine)
+SEEDS = 5  # seeds per class (full run: 50 images per cell)
 SEARCH_STEPS = 4  # K: denoising steps of each searched sample
 STEP_SIZE = 0.5  # zero-order lambda
 PATHS = {"branches": 2, "forward": 1, "backward": 2}
