@@ -173,7 +173,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
     for method in METHODS:
         mine = [r for r in rows if r["method"] == method]
         if not mine:
@@ -181,10 +181,11 @@ def _plot(rows: list[dict], path: Path) -> None:
         x = [r["nfe_budget"] for r in mine]
         style = {"marker": "o", "label": method, "linestyle": "--" if method == "steps" else "-"}
         axes[0].plot(x, [r["judge_accuracy"] for r in mine], **style)
-        axes[1].plot(x, [r["verifier_score"] for r in mine], **style)
-        axes[2].plot(x, [r["diversity"] for r in mine], **style)
-    for ax, title in zip(axes, ("judge accuracy (held-out ResNet)", "verifier score (ViT P(class))",
-                                "diversity (mean pairwise RMS distance)")):
+        axes[1].plot(x, [r["judge_prob"] for r in mine], **style)
+        axes[2].plot(x, [r["verifier_score"] for r in mine], **style)
+        axes[3].plot(x, [r["diversity"] for r in mine], **style)
+    for ax, title in zip(axes, ("judge accuracy (held-out ResNet)", "judge P(prompted class)",
+                                "verifier score (ViT P(class))", "diversity (mean pairwise RMS distance)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("NFE budget per image")
         ax.set_title(title)
