@@ -11,6 +11,15 @@ from pathlib import Path
 import pytest
 
 TINY_ARCHS = ("llama", "qwen2", "gpt2")
+
+
+def pytest_configure(config):
+    # Tiny models gain nothing from a second intra-op thread, and on a shared 2-core machine two
+    # threads per forward stall each other whenever anything else holds a core (5-10x slower).
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY_CONTEXT = 64
 INIT = 0.4  # wider than the default 0.02: varied greedy paths with clear argmax margins
 
