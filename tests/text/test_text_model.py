@@ -411,7 +411,14 @@ def test_loading_with_an_unknown_dtype_lists_the_allowed_ones(tiny_model_folders
 
 
 def test_unknown_modality_is_a_config_error(tiny_model_folders):
-    with pytest.raises(ConfigError, match="text"):
+    with pytest.raises(ConfigError, match="available: text, image"):
+        ponder.load("smell", tiny_model_folders["llama"])
+
+
+def test_text_model_loaded_as_image_names_what_an_image_folder_holds(tiny_model_folders):
+    from ponder.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="model_index.json"):
         ponder.load("image", tiny_model_folders["llama"])
 
 
@@ -447,7 +454,7 @@ def test_check_length_allows_exactly_the_context(loaded):
         ({"min_p": 2.0}, "min_p"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"strategy": "beam_me_up"}, "unknown strategy .beam_me_up.; allowed: .*particles.*sample"),
-        ({"decoder": "warp"}, "allowed: plain"),
+        ({"decoder": "warp"}, "unknown decoder .warp.; allowed: .*plain.*speculative"),
     ],
     ids=["n0", "temperature", "top_p", "top_k", "min_p", "max_new_tokens", "strategy", "decoder"],
 )
