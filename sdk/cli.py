@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--size", default=None, metavar="HxW", help="image size in pixels, e.g. 32x32 or 32 (default: "
                      "the model's; must be a multiple of its VAE / network factor)")
     img.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (>= 1; 1 = off)")
-    img.add_argument("--sampler", default=None, help="ddim | euler | euler-karras | flow (default: the scheduler's kind)")
+    img.add_argument("--sampler", default=None,
+                     help="ddim | euler | euler-karras | flow (default: the scheduler's kind)")
     opts = gen.add_argument_group("strategy options (only the ones a strategy takes are allowed)")
     for flag, kind, text in STRATEGY_FLAGS:
         opts.add_argument(flag, type=kind, default=None, help=text)

@@ -32,9 +32,8 @@ class ZooEntry:
 
     @property
     def built(self) -> bool:
-        # transformers folders have config.json; diffusers pipeline folders have model_index.json
         # transformers folders have a root config.json, diffusers pipeline folders a model_index.json
-        return (self.folder / "config.json").is_file() or (self.folder / "model_index.json").is_file() or (self.folder / "model_index.json").is_file()
+        return (self.folder / "config.json").is_file() or (self.folder / "model_index.json").is_file()
 
     def card(self) -> dict:
         path = self.folder / "card.json"

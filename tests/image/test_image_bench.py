@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from ponder import zoo
 from ponder.bench import BENCHES, run
 from ponder.bench.images import METHODS, paths_n, zero_order_shape
 
@@ -18,7 +15,6 @@ def test_budget_shapes_spend_exactly_the_budget():
     assert paths_n(8, 4) == 0 and paths_n(16, 4) == 1 and paths_n(128, 4) == 10
 
 
-@pytest.mark.skipif(not zoo.entry("digits").built, reason="zoo:digits weights not built")
 def test_quick_images_bench_has_the_json_shape_and_equal_nfe_rows(tmp_path, monkeypatch):
     import ponder.bench.images as images
 

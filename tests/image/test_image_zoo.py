@@ -64,8 +64,7 @@ def test_judge_and_verifier_are_independent():
 
 
 def test_shipped_digits_model_samples_the_prompted_class():
-    if not zoo.entry("digits").built:
-        pytest.skip("zoo:digits weights not built")
+    assert zoo.entry("digits").built, "zoo:digits ships with the repo; rebuild it with `ponder zoo train digits`"
     card = zoo.entry("digits").card()
     assert card["metrics"]["judge_accuracy_plain"] >= 0.5
     model = ponder.load("image", "zoo:digits")
