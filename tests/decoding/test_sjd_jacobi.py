@@ -121,13 +121,6 @@ def test_jacobi_stops_and_streams_like_plain():
 # ---- a tiny random Llama (text) -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_model_folders):
-    import ponder
-
-    return ponder.load("text", str(tiny_model_folders["llama"]))
-
-
 PROMPTS = ["Q: 1+2*3\n", "Q: 12-7+40*2-9\n", "R: 5*5\n"]
 
 

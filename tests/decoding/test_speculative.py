@@ -118,20 +118,6 @@ def test_stop_eos_and_stream_rules_match_plain():
 # ---- real (tiny random) transformers models -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_model_folders):
-    import ponder
-
-    return ponder.load("text", str(tiny_model_folders["llama"]))
-
-
-@pytest.fixture(scope="module")
-def qwen2(tiny_model_folders):
-    import ponder
-
-    return ponder.load("text", str(tiny_model_folders["qwen2"]))
-
-
 PROMPTS = ["Q: 1+2*3\n", "Q: 12-7+40*2-9\n", "R: 5*5\n"]
 
 

@@ -100,20 +100,6 @@ def test_batch_rows_equal_single_row_runs_on_toy(decoder):
 # ---- real (tiny random) transformers models -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_model_folders):
-    import ponder
-
-    return ponder.load("text", str(tiny_model_folders["llama"]))
-
-
-@pytest.fixture(scope="module")
-def qwen2(tiny_model_folders):
-    import ponder
-
-    return ponder.load("text", str(tiny_model_folders["qwen2"]))
-
-
 PROMPTS = ["Q: 1+2*3\n", "Q: 12-7+40*2-9\n", "R: 5*5\n"]
 
 

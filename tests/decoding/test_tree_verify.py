@@ -20,13 +20,6 @@ from ponder.search.decoding.tree_verify import (
 )
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_model_folders):
-    import ponder
-
-    return ponder.load("text", str(tiny_model_folders["llama"]))
-
-
 def _tree() -> DraftTree:
     # root 40 -> {41, 42}; 41 -> 43; 42 -> {44, 45}; 45 -> 46
     tree = DraftTree([40], [-1])
