@@ -2,6 +2,12 @@
 
 ``decoder(model, prompt_ids, *, sampling, max_new_tokens, generators, stop, stream, draft, **options)
 -> Decoded``
+
+Shared machinery: `outputs` (the EOS / stop / length rules every decoder emits through, plain
+included), `rollback` (per-row feeding and rollback over a shared-length cache), `chain` (the
+draft-then-verify loop, its one-row-at-a-time run for caches without row rollback, and the option
+checks draft decoders share), `tree_verify` (the same for draft trees) and `tree_draft` (growing
+trees with a draft model). Every other file is one paper's method.
 """
 
 from __future__ import annotations

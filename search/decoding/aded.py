@@ -22,10 +22,10 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import check_draft_len, draft_and_verify, per_row
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import LoopStart, check_draft_len, draft_and_verify, refuse_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import accept_drafts
 
 
 class TrigramTable:
@@ -103,6 +103,7 @@ class TrigramProposer:
 
 
 def check_decay(decay) -> float:
+    """`decay` as a float, or a ConfigError unless it is a number in (0, 1]."""
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay <= 1.0:
         raise ConfigError(f"decay must be a number in (0, 1] (weight kept by older tri-gram evidence), got {decay!r}")
     return float(decay)
@@ -136,19 +137,14 @@ def aded(
     """
     draft_len = check_draft_len(draft_len)
     decay = check_decay(decay)
-    if draft is not None:
-        raise ConfigError("decoder 'aded' drafts from a tri-gram table of the context and takes no draft model; "
-                          "drop --draft, or use --decoder speculative")
-    if len(prompt_ids) > 1 and not can_hide(model.new_cache()):
-        return per_row(aded, model, prompt_ids, generators=generators, stream=stream, stop=stop, sampling=sampling,
-                       max_new_tokens=max_new_tokens, draft_len=draft_len, decay=decay, stats=stats)
-    compute = Compute()
-    with compute.timed():
-        return draft_and_verify(
-            model, prompt_ids,
-            lambda prompts, _compute, _vocab: TrigramProposer(prompts, draft_len=draft_len, decay=decay),
-            sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-            compute=compute, stats=stats)
+    refuse_draft("aded", draft, "from a tri-gram table of the context")
+
+    def make_proposer(start: LoopStart) -> TrigramProposer:
+        return TrigramProposer(start.prompt_ids, draft_len=draft_len, decay=decay)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats)
 
 
 __all__ = ["TrigramProposer", "TrigramTable", "aded"]

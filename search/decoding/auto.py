@@ -27,7 +27,8 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
+from ponder.search.core.capabilities import display_name
+from ponder.search.decoding.outputs import StopFn
 
 HISTORY_ENV = "PONDER_HOME"  # the history lives at $PONDER_HOME/speed.jsonl (default ~/.cache/ponder)
 HISTORY_FILE = "speed.jsonl"
@@ -134,8 +135,8 @@ def choose(workload: Workload, path: Path, lossy_names: Sequence[str] = ()) -> C
 
 def workload_of(model, draft, batch: int, sampling: SamplingParams, prompt_kind: str | None = None) -> Workload:
     """A run's workload features from its model and draft names."""
-    draft_name = None if draft is None else str(getattr(draft, "name", draft))
-    return Workload(str(getattr(model, "name", "model")), draft_name, batch, float(sampling.temperature), prompt_kind)
+    draft_name = None if draft is None else str(display_name(draft, draft))
+    return Workload(str(display_name(model)), draft_name, batch, float(sampling.temperature), prompt_kind)
 
 
 def auto(

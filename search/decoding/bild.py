@@ -18,16 +18,16 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample_from_logits
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import (
-    DraftModelProposer,
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import (
+    LoopStart,
     check_draft_len,
     check_same_tokenizer,
     draft_and_verify,
-    per_row,
+    require_draft,
 )
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import DraftModelProposer
 
 
 def big_probs(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
@@ -102,23 +102,17 @@ def bild(
     if isinstance(rollback, bool) or not isinstance(rollback, (int, float)) or not rollback >= 0:
         raise ConfigError(f"rollback must be a number of nats >= 0 (−log p_big of a small-model token above which it "
                           f"is replaced), got {rollback!r}")
-    if draft is None:
-        raise ConfigError("decoder 'bild' needs a small model as --draft (zoo:NAME or a folder)")
+    require_draft("bild", draft, "a small model")
     check_same_tokenizer(model, draft)
-    if len(prompt_ids) > 1 and not (can_hide(model.new_cache()) and can_hide(draft.new_cache())):
-        return per_row(bild, model, prompt_ids, generators=generators, stream=stream, stop=stop, sampling=sampling,
-                       max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len, fallback=fallback,
-                       rollback=rollback, stats=stats)
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(prompts, compute, vocab):
-            return DraftModelProposer(draft, prompts, compute, sampling=sampling, generators=generators,
-                                      draft_len=draft_len, vocab=vocab,
-                                      stop_before=lambda q: q.max(-1).values < fallback)
 
-        return draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
-                                generators=generators, stop=stop, stream=stream, compute=compute, stats=stats,
-                                accept=rollback_rule(float(rollback)))
+    def make_proposer(start: LoopStart) -> DraftModelProposer:
+        return DraftModelProposer(draft, start.prompt_ids, start.compute, sampling=sampling,
+                                  generators=start.generators, draft_len=draft_len, vocab=start.vocab,
+                                  stop_before=lambda q: q.max(-1).values < fallback)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=rollback_rule(float(rollback)), sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats, draft=draft)
 
 
 __all__ = ["big_probs", "bild", "draft_ids", "rollback_rule"]

@@ -23,8 +23,8 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.speculative import check_draft_len
+from ponder.search.decoding.chain import check_draft_len
+from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.tree_draft import (
     DraftTreeModel,
     decode_with_draft_trees,
@@ -111,15 +111,9 @@ def dyspec(
         return grow_dynamic(drafter, last, limits, rounds=draft_len, width=tree_width, budget=budget,
                             threshold=threshold, generators=gens)
 
-    def rerun(model, prompts, **kw):
-        return dyspec(model, prompts, sampling=sampling, max_new_tokens=max_new_tokens, draft=draft,
-                      draft_len=draft_len, tree_width=tree_width, budget=budget, threshold=threshold,
-                      stats=stats, **kw)
-
     return decode_with_draft_trees("dyspec", model, prompt_ids, make_trees, rrs_without_replacement,
                                    sampling=sampling, max_new_tokens=max_new_tokens, generators=generators,
-                                   stop=stop, stream=stream, draft=draft, draft_len=draft_len, stats=stats,
-                                   rerun=rerun)
+                                   stop=stop, stream=stream, draft=draft, draft_len=draft_len, stats=stats)
 
 
 __all__ = ["dyspec"]

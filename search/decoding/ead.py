@@ -17,16 +17,16 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import (
-    DraftModelProposer,
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import (
+    LoopStart,
     check_draft_len,
     check_same_tokenizer,
     draft_and_verify,
-    per_row,
+    require_draft,
 )
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import DraftModelProposer
 
 
 def entropy(q: torch.Tensor) -> torch.Tensor:
@@ -70,23 +70,17 @@ def ead(
     if isinstance(entropy_threshold, bool) or not isinstance(entropy_threshold, (int, float)) \
             or not entropy_threshold >= 0:
         raise ConfigError(f"entropy_threshold must be a number of nats >= 0, got {entropy_threshold!r}")
-    if draft is None:
-        raise ConfigError("decoder 'ead' needs a small model as --draft (zoo:NAME or a folder)")
+    require_draft("ead", draft, "a small model")
     check_same_tokenizer(model, draft)
-    if len(prompt_ids) > 1 and not (can_hide(model.new_cache()) and can_hide(draft.new_cache())):
-        return per_row(ead, model, prompt_ids, generators=generators, stream=stream, stop=stop, sampling=sampling,
-                       max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len,
-                       entropy_threshold=entropy_threshold, stats=stats)
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(prompts, compute, vocab):
-            return DraftModelProposer(draft, prompts, compute, sampling=sampling, generators=generators,
-                                      draft_len=draft_len, vocab=vocab,
-                                      stop_before=lambda q: entropy(q.float()) > entropy_threshold)
 
-        return draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
-                                generators=generators, stop=stop, stream=stream, compute=compute, stats=stats,
-                                accept=keep_all)
+    def make_proposer(start: LoopStart) -> DraftModelProposer:
+        return DraftModelProposer(draft, start.prompt_ids, start.compute, sampling=sampling,
+                                  generators=start.generators, draft_len=draft_len, vocab=start.vocab,
+                                  stop_before=lambda q: entropy(q.float()) > entropy_threshold)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=keep_all, sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats, draft=draft)
 
 
 __all__ = ["ead", "entropy", "keep_all"]

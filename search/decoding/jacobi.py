@@ -21,10 +21,11 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, sample
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import check_draft_len, draft_and_verify, per_row
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.core.capabilities import RowImageModel, display_name
+from ponder.search.decoding.chain import LoopStart, check_draft_len, draft_and_verify, refuse_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import accept_drafts
 
 INITS = ("random", "horizon")  # how a window position is guessed before any forward has seen it
 
@@ -142,30 +143,24 @@ class JacobiWindow:
 
 def window_decode(window_cls, name: str, model: SequenceModel, prompt_ids: Sequence[Sequence[int]], *,
                   sampling: SamplingParams, max_new_tokens: int, generators, stop, stream, draft, draft_len: int,
-                  init: str, stats: dict | None, per_row_fn) -> Decoded:
+                  init: str, stats: dict | None) -> Decoded:
     """Run `draft_and_verify` with a `window_cls` proposer: the loop of Jacobi, SJD and MC-SJD."""
     draft_len = check_draft_len(draft_len)
-    if draft is not None:
-        raise ConfigError(f"decoder {name!r} takes no draft model: its drafts are the model's own "
-                          "parallel guesses; drop --draft")
+    refuse_draft(name, draft, "from the model's own parallel guesses")
     if init not in INITS:
         raise ConfigError(f"init {init!r} is not allowed; use one of {', '.join(INITS)}")
-    row_tokens = getattr(model, "row_tokens", None)
+    row_tokens = model.row_tokens if isinstance(model, RowImageModel) else None
     if init == "horizon" and not row_tokens:
         raise ConfigError(f"init 'horizon' copies the token one image row above; model "
-                          f"{getattr(model, 'name', 'model')!r} has no image rows (row_tokens); use init 'random'")
-    if len(prompt_ids) > 1 and not can_hide(model.new_cache()):
-        return per_row(per_row_fn, model, prompt_ids, generators=generators, stream=stream, stop=stop,
-                       sampling=sampling, max_new_tokens=max_new_tokens, draft_len=draft_len, init=init,
-                       stats=stats)
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(prompts, compute, vocab):
-            return window_cls(vocab=vocab, sampling=sampling, generators=generators, draft_len=draft_len,
-                              init=init, row_tokens=row_tokens)
+                          f"{display_name(model)!r} has no image rows (row_tokens); use init 'random'")
 
-        return draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
-                                generators=generators, stop=stop, stream=stream, compute=compute, stats=stats)
+    def make_proposer(start: LoopStart) -> JacobiWindow:
+        return window_cls(vocab=start.vocab, sampling=sampling, generators=start.generators, draft_len=draft_len,
+                          init=init, row_tokens=row_tokens)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats)
 
 
 def jacobi(
@@ -194,7 +189,7 @@ def jacobi(
         draft: must be None (the window is the model's own guesses).
         draft_len: window length L (tokens guessed per forward).
         init: "random" or "horizon" (image models: the token one row above).
-        stats: optional dict receiving "steps", "row_steps", "accepted" (see `draft_and_verify`).
+        stats: optional dict receiving "steps", "row_steps", "accepted" (see `chain.draft_and_verify`).
     Returns:
         `Decoded`; `compute.model_calls` counts forwards (prefill included).
     """
@@ -203,7 +198,7 @@ def jacobi(
                           "use --temperature 0, or --decoder sjd to sample")
     return window_decode(JacobiWindow, "jacobi", model, prompt_ids, sampling=sampling, max_new_tokens=max_new_tokens,
                          generators=generators, stop=stop, stream=stream, draft=draft, draft_len=draft_len, init=init,
-                         stats=stats, per_row_fn=jacobi)
+                         stats=stats)
 
 
 __all__ = ["INITS", "JacobiWindow", "jacobi", "window_decode"]

@@ -23,9 +23,10 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import check_draft_len, draft_and_verify, draw_draft, per_row
+from ponder.search.core.capabilities import LayerSkippingModel, device_of, display_name
+from ponder.search.decoding.chain import LoopStart, check_draft_len, draft_and_verify, draw_draft, refuse_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import accept_drafts
 
 TRIAL_STEPS = 2  # verify steps each candidate skip set drafts for during the optimisation phase
 
@@ -82,7 +83,7 @@ class LayerSkipProposer:
         drafts, probs = [], []
         start = self.cache.length
         feed = torch.tensor(last, dtype=torch.long)[:, None]  # [B, 1]
-        device = getattr(self.model, "device", None)
+        device = device_of(self.model)
         with self.model.skipping_layers(self.current):
             while drafting:
                 logits = self.model.forward(feed.to(device), self.cache)[:, -1].float()  # [B, V]
@@ -153,12 +154,10 @@ def layer_skip(
         distribution) can depend on the other rows; a fixed `skip` makes rows batch-independent.
     """
     draft_len = check_draft_len(draft_len)
-    if draft is not None:
-        raise ConfigError("decoder 'layer-skip' drafts with the target itself (layers skipped) and takes no "
-                          "draft model; drop --draft, or use --decoder speculative")
-    if not callable(getattr(model, "skipping_layers", None)) or getattr(model, "num_layers", 0) < 3:
+    refuse_draft("layer-skip", draft, "with the target itself (layers skipped)")
+    if not isinstance(model, LayerSkippingModel) or model.num_layers < 3:
         raise ConfigError(f"decoder 'layer-skip' needs a model with at least 3 decoder layers it can skip; "
-                          f"{getattr(model, 'name', 'model')!r} has none that ponder can skip")
+                          f"{display_name(model)!r} has none that ponder can skip")
     middle = model.num_layers - 2
     if skip is not None:
         if isinstance(skip, (str, bytes)) or not all(isinstance(i, int) and 1 <= i <= middle for i in skip) \
@@ -172,26 +171,20 @@ def layer_skip(
     if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
                                        or not 0 < min_confidence < 1):
         raise ConfigError(f"min_confidence must be in (0, 1) or None, got {min_confidence!r}")
-    if len(prompt_ids) > 1 and not can_hide(model.new_cache()):
-        return per_row(layer_skip, model, prompt_ids, generators=generators, stream=stream, stop=stop,
-                       sampling=sampling, max_new_tokens=max_new_tokens, draft_len=draft_len, skip=skip,
-                       skip_ratio=skip_ratio, search_steps=search_steps, min_confidence=min_confidence, stats=stats)
     skip_count = max(1, round(skip_ratio * middle))
-    cache = model.new_cache()
     proposers: list[LayerSkipProposer] = []
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(_prompts, compute, _vocab):
-            proposers.append(LayerSkipProposer(model, cache, compute, sampling=sampling, generators=generators,
-                                               draft_len=draft_len, skip=skip, skip_count=skip_count,
-                                               search_steps=search_steps, min_confidence=min_confidence))
-            return proposers[0]
 
-        out = draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
-                               generators=generators, stop=stop, stream=stream, compute=compute, stats=stats,
-                               cache=cache)
+    def make_proposer(start: LoopStart) -> LayerSkipProposer:
+        proposers.append(LayerSkipProposer(model, start.cache, start.compute, sampling=sampling,
+                                           generators=start.generators, draft_len=draft_len, skip=skip,
+                                           skip_count=skip_count, search_steps=search_steps,
+                                           min_confidence=min_confidence))
+        return proposers[-1]
+
+    out = draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
+                           max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream, stats=stats)
     if stats is not None and proposers:
-        stats["skip"] = sorted(proposers[0].best)
+        stats["skip"] = sorted(proposers[-1].best)  # rows run one at a time: the last row's set
     return out
 
 

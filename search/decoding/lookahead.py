@@ -22,12 +22,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.kernels.tree import trie_from_paths
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.tree_verify import DraftTree, check_tree_cache, tree_draft_and_verify
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import LoopStart, check_count, refuse_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.tree_verify import DraftTree, tree_draft_and_verify
 
 
 class NgramPool:
@@ -114,12 +114,6 @@ class LookaheadProposer:
         pass  # the window is a guess of the future; it keeps iterating whatever was accepted
 
 
-def _check(name: str, value, low: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
-    return value
-
-
 def lookahead(
     model: SequenceModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -147,19 +141,16 @@ def lookahead(
     Returns:
         `Decoded`, distributed exactly as plain sampling from `model` (greedy: identical tokens).
     """
-    window = _check("window", window, 1, "Jacobi guesses per level")
-    ngram = _check("ngram", ngram, 2, "n-gram size")
-    guesses = _check("guesses", guesses, 1, "n-grams verified per step")
-    if draft is not None:
-        raise ConfigError("decoder 'lookahead' drafts with the target itself and takes no draft model; "
-                          "drop --draft, or use --decoder speculative")
-    check_tree_cache(model)
-    compute = Compute()
-    with compute.timed():
-        return tree_draft_and_verify(
-            model, prompt_ids,
-            lambda prompts, _compute, _vocab: LookaheadProposer(prompts, window=window, ngram=ngram, guesses=guesses),
-            sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-            compute=compute, stats=stats)
+    window = check_count("window", window, "Jacobi guesses per level")
+    ngram = check_count("ngram", ngram, "n-gram size", low=2)
+    guesses = check_count("guesses", guesses, "n-grams verified per step")
+    refuse_draft("lookahead", draft, "with the target itself")
+
+    def make_proposer(start: LoopStart) -> LookaheadProposer:
+        return LookaheadProposer(start.prompt_ids, window=window, ngram=ngram, guesses=guesses)
+
+    return tree_draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
+                                 generators=generators, stop=stop, stream=stream, stats=stats)
+
 
 __all__ = ["LookaheadProposer", "LookaheadWindow", "NgramPool", "lookahead"]

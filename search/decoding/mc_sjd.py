@@ -20,10 +20,10 @@ import torch
 
 from ponder.kernels.sampling import SamplingParams, probs_from_logits
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import residual
 from ponder.search.decoding.jacobi import window_decode
-from ponder.search.decoding.plain import StopFn
+from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.sjd import SJDWindow
-from ponder.search.decoding.speculative import residual
 
 
 def maximal_coupling(old: torch.Tensor, q: torch.Tensor, p: torch.Tensor, keep_u: torch.Tensor,
@@ -72,7 +72,7 @@ def mc_sjd(
     """
     return window_decode(CoupledWindow, "mc-sjd", model, prompt_ids, sampling=sampling,
                          max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream, draft=draft,
-                         draft_len=draft_len, init=init, stats=stats, per_row_fn=mc_sjd)
+                         draft_len=draft_len, init=init, stats=stats)
 
 
 __all__ = ["CoupledWindow", "maximal_coupling", "mc_sjd"]

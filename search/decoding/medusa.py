@@ -21,10 +21,11 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import accept_drafts, draft_and_verify, draw_draft, per_row
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.core.capabilities import HiddenStateModel, MedusaDraft, display_name
+from ponder.search.decoding.chain import LoopStart, draft_and_verify, draw_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import accept_drafts
 from ponder.search.decoding.tree_verify import DraftTree, check_tree_width, tree_draft_and_verify
 
 ACCEPTANCE = ("rejection", "typical")
@@ -150,11 +151,11 @@ def medusa(
         `Decoded`. "rejection": distributed exactly as plain sampling from `model`, greedy equals plain
         greedy. "typical": greedy equals plain greedy; sampled output is biased toward likely tokens.
     """
-    if not callable(getattr(draft, "head_logits", None)):
+    if not isinstance(draft, MedusaDraft):
         raise ConfigError("decoder 'medusa' needs Medusa heads trained for the target as --draft "
-                          f"(e.g. zoo:arith-medusa), got {getattr(draft, 'name', draft)!r}")
-    if not callable(getattr(model, "capturing_hidden", None)):
-        raise ConfigError(f"decoder 'medusa' reads the target's hidden states; {getattr(model, 'name', 'model')!r} "
+                          f"(e.g. zoo:arith-medusa), got {display_name(draft, draft)!r}")
+    if not isinstance(model, HiddenStateModel):
+        raise ConfigError(f"decoder 'medusa' reads the target's hidden states; {display_name(model)!r} "
                           "cannot expose them")
     if draft_len is None:
         draft_len = draft.num_heads
@@ -169,34 +170,28 @@ def medusa(
     for key, value in (("typical_epsilon", typical_epsilon), ("typical_delta", typical_delta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ConfigError(f"{key} must be in (0, 1), got {value!r}")
-    if len(prompt_ids) > 1 and not can_hide(model.new_cache()):
-        return per_row(medusa, model, prompt_ids, generators=generators, stream=stream, stop=stop, sampling=sampling,
-                       max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len, tree_width=tree_width,
-                       acceptance=acceptance, typical_epsilon=typical_epsilon, typical_delta=typical_delta,
-                       stats=stats)
-    compute = Compute()
+    def check(box):
+        width = box["hidden"].shape[-1]
+        if width != draft.hidden_size:
+            raise ConfigError(f"Medusa heads {display_name(draft, '')!r} read hidden size {draft.hidden_size}, "
+                              f"but {display_name(model, 'the model')!r} has {width}: heads work only "
+                              "with the target they were trained on")
+
     loop = dict(sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-                compute=compute, stats=stats)
-    with compute.timed(), model.capturing_hidden() as box:
-        def check(box):
-            width = box["hidden"].shape[-1]
-            if width != draft.hidden_size:
-                raise ConfigError(f"Medusa heads {getattr(draft, 'name', '')!r} read hidden size {draft.hidden_size}, "
-                                  f"but {getattr(model, 'name', 'the model')!r} has {width}: heads work only "
-                                  "with the target they were trained on")
-
-        def make_chain(prompts, compute, vocab):
+                stats=stats)
+    with model.capturing_hidden() as box:
+        def make_chain(start: LoopStart) -> MedusaProposer:
             check(box)
-            return MedusaProposer(draft, box, len(prompts), sampling, generators, draft_len)
+            return MedusaProposer(draft, box, len(start.prompt_ids), sampling, start.generators, draft_len)
 
-        def make_tree(prompts, compute, vocab):
+        def make_tree(start: LoopStart) -> MedusaTreeProposer:
             check(box)
-            return MedusaTreeProposer(draft, box, len(prompts), sampling, generators, draft_len,
+            return MedusaTreeProposer(draft, box, len(start.prompt_ids), sampling, start.generators, draft_len,
                                       tree_width=tree_width)
 
         if tree_width > 1:
             return tree_draft_and_verify(model, prompt_ids, make_tree, **loop)
-        rule = typical_rule(typical_epsilon, typical_delta) if acceptance == "typical" else None
+        rule = typical_rule(typical_epsilon, typical_delta) if acceptance == "typical" else accept_drafts
         return draft_and_verify(model, prompt_ids, make_chain, accept=rule, **loop)
 
 

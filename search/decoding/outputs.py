@@ -1,18 +1,33 @@
-"""What every draft-and-verify loop keeps per row: emitted tokens, log-probs, stop reasons, who is active.
+"""What every decoder keeps per row: emitted tokens, log-probs, stop reasons, who is still decoding.
 
-One place for the stopping rules plain decoding defines — EOS ends a row (not emitted), a stop test
-or `max_new_tokens` ends it after the token — so chain and tree loops emit tokens identically.
+The one place for the stopping rules: EOS ends a row (not emitted), a stop test or `max_new_tokens`
+ends it after the token. Plain decoding and the chain and tree loops all emit through `RowOutputs`,
+so a token ends a row the same way whichever decoder produced it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn, prefill_shared
+
+StopFn = Callable[[int, list[int]], bool]  # (row, new tokens so far) -> stop this row now?
+
+
+def prefill_shared(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], cache) -> torch.Tensor:
+    """Prefill `prompt_ids` into `cache`; N candidates of one prompt share a single prefill row.
+
+    Returns next-token logits [B, V].
+    """
+    first = list(prompt_ids[0])
+    if len(prompt_ids) > 1 and all(list(p) == first for p in prompt_ids[1:]):
+        logits = model.prefill([first], cache)  # [1, V]
+        cache.reorder(torch.zeros(len(prompt_ids), dtype=torch.long))  # every row reads the one prefill
+        return logits.expand(len(prompt_ids), -1).contiguous()  # [B, V]
+    return model.prefill(prompt_ids, cache)
 
 
 class RowOutputs:
@@ -50,6 +65,7 @@ class RowOutputs:
                 for row, t in enumerate(self.tokens)]
 
     def decoded(self) -> Decoded:
+        """The rows' outputs so far as a `Decoded`."""
         return Decoded(self.tokens, self.reasons, self.logprobs, self.compute)
 
 

@@ -7,27 +7,13 @@ own generator, feed it, stop a row at EOS, at a stop condition, or at `max_new_t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-
-StopFn = Callable[[int, list[int]], bool]  # (row, new tokens so far) -> stop this row now?
-
-
-def prefill_shared(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], cache) -> torch.Tensor:
-    """Prefill `prompt_ids` into `cache`; N candidates of one prompt share a single prefill row.
-
-    Returns next-token logits [B, V].
-    """
-    first = list(prompt_ids[0])
-    if len(prompt_ids) > 1 and all(list(p) == first for p in prompt_ids[1:]):
-        logits = model.prefill([first], cache)  # [1, V]
-        cache.reorder(torch.zeros(len(prompt_ids), dtype=torch.long))  # every row reads the one prefill
-        return logits.expand(len(prompt_ids), -1).contiguous()  # [B, V]
-    return model.prefill(prompt_ids, cache)
+from ponder.search.decoding.outputs import RowOutputs, StopFn, prefill_shared
 
 
 def plain(
@@ -60,40 +46,24 @@ def plain(
         raise TypeError(f"plain decoding takes no options {sorted(options)}")
     compute = Compute()
     with compute.timed():
-        batch = len(prompt_ids)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        logprobs: list[list[float]] = [[] for _ in range(batch)]
-        reasons = ["length"] * batch
-        if max_new_tokens <= 0 or batch == 0:
-            return Decoded(tokens, reasons, logprobs, compute)
-        eos = torch.tensor(sorted(model.eos_token_ids), dtype=torch.long)  # [E]
+        out = RowOutputs(len(prompt_ids), eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop,
+                         stream=stream, compute=compute)
+        if not out.active:
+            return out.decoded()
         cache = model.new_cache()
         logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
         compute.model_calls += 1
-        active = list(range(batch))  # rows still decoding
-        for step in range(max_new_tokens):
+        while True:
             next_tok = sample_from_logits(logits, sampling, generators)  # [B]
             token_logp = torch.log_softmax(logits, dim=-1).gather(1, next_tok[:, None])[:, 0]  # [B]
-            is_eos = torch.isin(next_tok, eos).tolist()  # [B]
             tok_list, logp_list = next_tok.tolist(), token_logp.tolist()
-            still = []
-            for row in active:
-                compute.tokens += 1
-                if is_eos[row]:
-                    reasons[row] = "eos"
-                    continue
-                tokens[row].append(tok_list[row])
-                logprobs[row].append(logp_list[row])
-                if stream is not None:
-                    stream(row, tok_list[row])
-                if stop is not None and stop(row, tokens[row]):
-                    reasons[row] = "stop"
-                    continue
-                still.append(row)
-            active = still
-            if step == max_new_tokens - 1 or not active:
-                break
+            for row in sorted(out.active):
+                out.emit(row, tok_list[row], logp_list[row])  # EOS / stop / max_new_tokens end the row
+            if not out.active:
+                return out.decoded()
             # finished rows keep riding along (their tokens are ignored): the batch shape stays fixed
             logits = model.forward(next_tok[:, None], cache)[:, -1]  # [B, V]
             compute.model_calls += 1
-    return Decoded(tokens, reasons, logprobs, compute)
+
+
+__all__ = ["StopFn", "plain", "prefill_shared"]

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.speculative import check_draft_len, draft_and_verify, per_row
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import LoopStart, check_count, check_draft_len, draft_and_verify, refuse_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.speculative import accept_drafts
 
 
 def lookup_draft(history: Sequence[int], draft_len: int, max_ngram: int) -> list[int]:
@@ -83,19 +82,15 @@ def prompt_lookup(
         `Decoded`, distributed exactly as plain sampling from `model` (greedy: identical tokens).
     """
     draft_len = check_draft_len(draft_len)
-    if isinstance(max_ngram, bool) or not isinstance(max_ngram, int) or max_ngram <= 0:
-        raise ConfigError(f"max_ngram must be a positive integer, got {max_ngram!r}")
-    if draft is not None:
-        raise ConfigError("decoder 'prompt-lookup' copies drafts from the context and takes no draft model; "
-                          "drop --draft, or use --decoder speculative")
-    if len(prompt_ids) > 1 and not can_hide(model.new_cache()):
-        return per_row(prompt_lookup, model, prompt_ids, generators=generators, stream=stream, stop=stop,
-                       sampling=sampling, max_new_tokens=max_new_tokens, draft_len=draft_len,
-                       max_ngram=max_ngram, stats=stats)
-    compute = Compute()
-    with compute.timed():
-        return draft_and_verify(
-            model, prompt_ids,
-            lambda prompts, _compute, _vocab: LookupProposer(prompts, draft_len=draft_len, max_ngram=max_ngram),
-            sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-            compute=compute, stats=stats)
+    max_ngram = check_count("max_ngram", max_ngram, "longest tail n-gram looked up")
+    refuse_draft("prompt-lookup", draft, "by copying from the context")
+
+    def make_proposer(start: LoopStart) -> LookupProposer:
+        return LookupProposer(start.prompt_ids, draft_len=draft_len, max_ngram=max_ngram)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats)
+
+
+__all__ = ["LookupProposer", "lookup_draft", "prompt_lookup"]

@@ -2,10 +2,11 @@
 
 Rows of a batch accept different numbers of draft tokens. The cache keeps one shared length; a row
 that keeps fewer positions than the longest row gets its surplus positions *hidden*
-(`cache.hide(mask [B, length])`): they are never attended to again and do not count toward later
-positions, so the row continues exactly as if they had never been fed. When every row keeps the
+(`RowRollbackCache.hide(mask [B, length])`): they are never attended to again and do not count toward
+later positions, so the row continues exactly as if they had never been fed. When every row keeps the
 same number, rollback is a plain `cache.truncate` (bitwise exact). A cache without `hide` can only
-run batches whose rows always agree, so decoders fall back to one row at a time for it.
+run batches whose rows always agree, so the draft loops (`chain.py`, `tree_verify.py`) run its rows
+one at a time.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Sequence
 import torch
 
 from ponder.search.core import SequenceModel
+from ponder.search.core.capabilities import RowRollbackCache, device_of
 
 
 def can_hide(cache) -> bool:
-    """Whether `cache` supports per-row rollback (holes)."""
-    return callable(getattr(cache, "hide", None))
+    """Whether `cache` supports per-row rollback (holes): it is a `RowRollbackCache`."""
+    return isinstance(cache, RowRollbackCache)
 
 
 def truncate_rows(cache, start: int, keep: Sequence[int]) -> None:
@@ -47,7 +49,7 @@ def feed_rows(model: SequenceModel, cache, rows: Sequence[Sequence[int]], pad_id
     lengths = [len(r) for r in rows]
     width = max(lengths)
     start = cache.length
-    device = getattr(model, "device", None)
+    device = device_of(model)
     if min(lengths) == width:
         ids = torch.tensor([list(r) for r in rows], dtype=torch.long)  # [B, W]
         return model.forward(ids.to(device), cache)
@@ -57,3 +59,6 @@ def feed_rows(model: SequenceModel, cache, rows: Sequence[Sequence[int]], pad_id
     logits = model.forward(ids.to(device), cache)  # [B, W, V]
     truncate_rows(cache, start, lengths)
     return logits
+
+
+__all__ = ["can_hide", "feed_rows", "truncate_rows"]

@@ -21,8 +21,8 @@ import torch
 
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.speculative import check_draft_len
+from ponder.search.decoding.chain import check_draft_len
+from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.tree import check_branching, default_branching
 from ponder.search.decoding.tree_draft import decode_with_draft_trees, grow_by_level, gumbel_top_k, top_children
 from ponder.search.decoding.tree_verify import check_tree_width, rrs_without_replacement
@@ -65,14 +65,9 @@ def rsd(
 
         return grow_by_level(drafter, last, limits, shape, choose, keep_q=True)
 
-    def rerun(model, prompts, **kw):
-        return rsd(model, prompts, sampling=sampling, max_new_tokens=max_new_tokens, draft=draft,
-                   draft_len=draft_len, tree_width=tree_width, branching=branching, stats=stats, **kw)
-
     return decode_with_draft_trees("rsd", model, prompt_ids, make_trees, rrs_without_replacement,
                                    sampling=sampling, max_new_tokens=max_new_tokens, generators=generators,
-                                   stop=stop, stream=stream, draft=draft, draft_len=len(shape), stats=stats,
-                                   rerun=rerun)
+                                   stop=stop, stream=stream, draft=draft, draft_len=len(shape), stats=stats)
 
 
 __all__ = ["rsd"]

@@ -14,7 +14,7 @@ previous Jacobi iteration as the draft model, so the output is distributed exact
 at temperature 0 it is greedy Jacobi decoding.
 
 The window, its initialisation and the per-row rollback are `jacobi.JacobiWindow` and
-`speculative.draft_and_verify`; this file adds the sampled refinement.
+`chain.draft_and_verify`; this file adds the sampled refinement.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from ponder.kernels.sampling import SamplingParams, probs_from_logits
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
 from ponder.search.decoding.jacobi import JacobiWindow, window_decode
-from ponder.search.decoding.plain import StopFn
+from ponder.search.decoding.outputs import StopFn
 
 
 class SJDWindow(JacobiWindow):
@@ -75,7 +75,7 @@ def sjd(
     """
     return window_decode(SJDWindow, "sjd", model, prompt_ids, sampling=sampling, max_new_tokens=max_new_tokens,
                          generators=generators, stop=stop, stream=stream, draft=draft, draft_len=draft_len, init=init,
-                         stats=stats, per_row_fn=sjd)
+                         stats=stats)
 
 
 __all__ = ["SJDWindow", "sjd"]

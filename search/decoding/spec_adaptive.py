@@ -23,17 +23,17 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.rollback import can_hide
-from ponder.search.decoding.smartspec import GoodputSchedule
-from ponder.search.decoding.speculative import (
-    DraftModelProposer,
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import (
+    LoopStart,
     check_draft_len,
     check_same_tokenizer,
     draft_and_verify,
-    per_row,
+    require_draft,
 )
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.smartspec import GoodputSchedule
+from ponder.search.decoding.speculative import DraftModelProposer, accept_drafts
 
 POLICIES = ("confidence", "heuristic", "goodput")
 
@@ -131,24 +131,23 @@ def spec_adaptive(
     if costs is not None and (policy != "goodput" or isinstance(costs, (str, bytes)) or len(costs) != 3
                               or not all(isinstance(c, (int, float)) and c >= 0 for c in costs)):
         raise ConfigError(f"costs takes policy 'goodput' and three non-negative seconds (t_draft, a, b), got {costs!r}")
-    if draft is None:
-        raise ConfigError("decoder 'spec-adaptive' needs a draft model (--draft zoo:NAME or a folder)")
+    require_draft("spec-adaptive", draft)
     check_same_tokenizer(model, draft)
-    if len(prompt_ids) > 1 and not (can_hide(model.new_cache()) and can_hide(draft.new_cache())):
-        return per_row(spec_adaptive, model, prompt_ids, generators=generators, stream=stream, stop=stop,
-                       sampling=sampling, max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len,
-                       threshold=threshold, policy=policy, costs=costs, stats=stats)
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(prompts, compute, vocab):
-            if policy == "confidence":
-                return DraftModelProposer(draft, prompts, compute, sampling=sampling, generators=generators,
-                                          draft_len=draft_len, vocab=vocab, stop_above=float(threshold))
-            schedule = (HeuristicSchedule(draft_len, len(prompts), 2 * draft_len) if policy == "heuristic"
-                        else GoodputSchedule(draft_len, len(prompts), costs))
-            return ScheduledProposer(draft, prompts, compute, sampling=sampling, generators=generators,
-                                     draft_len=2 * draft_len, vocab=vocab, schedule=schedule)
 
-        return draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling,
-                                max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-                                compute=compute, stats=stats)
+    def make_proposer(start: LoopStart) -> DraftModelProposer:
+        common = dict(sampling=sampling, generators=start.generators, vocab=start.vocab)
+        if policy == "confidence":
+            return DraftModelProposer(draft, start.prompt_ids, start.compute, draft_len=draft_len,
+                                      stop_above=float(threshold), **common)
+        rows = len(start.prompt_ids)
+        schedule = (HeuristicSchedule(draft_len, rows, 2 * draft_len) if policy == "heuristic"
+                    else GoodputSchedule(draft_len, rows, costs))
+        return ScheduledProposer(draft, start.prompt_ids, start.compute, draft_len=2 * draft_len, schedule=schedule,
+                                 **common)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats, draft=draft)
+
+
+__all__ = ["HeuristicSchedule", "POLICIES", "ScheduledProposer", "spec_adaptive"]

@@ -22,8 +22,8 @@ import torch
 
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.speculative import check_draft_len
+from ponder.search.decoding.chain import check_draft_len
+from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.tree_draft import decode_with_draft_trees, grow_by_level, iid_draws, top_children
 from ponder.search.decoding.tree_verify import check_tree_width, rrs
 
@@ -101,13 +101,9 @@ def spectr(
         return grow_by_level(drafter, last, limits, (tree_width,) * draft_len, choose, keep_q=True,
                              multiplicity=True)
 
-    def rerun(model, prompts, **kw):
-        return spectr(model, prompts, sampling=sampling, max_new_tokens=max_new_tokens, draft=draft,
-                      draft_len=draft_len, tree_width=tree_width, stats=stats, **kw)
-
     return decode_with_draft_trees("spectr", model, prompt_ids, make_trees, kseq, sampling=sampling,
                                    max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                   stream=stream, draft=draft, draft_len=draft_len, stats=stats, rerun=rerun)
+                                   stream=stream, draft=draft, draft_len=draft_len, stats=stats)
 
 
 __all__ = ["kseq", "kseq_rho", "spectr"]

@@ -16,49 +16,30 @@ rejected drafts had never been fed. Each row draws only from its own generator, 
 times per step (k draft samples, one uniform per draft token, one final draw), so a row's output
 does not depend on the other rows in its batch.
 
-`draft_and_verify` is the loop; a *proposer* supplies the drafts (a draft model here; copying from
-the context in `prompt_lookup.py`), so every drafter goes through the same verification rule.
+This file is the paper's rule (`accept_drafts`) and its draft-model proposer; the loop they run in,
+shared with every other chain drafter, is `chain.draft_and_verify`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 
-from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.outputs import RowOutputs, prefill_and_sample
-from ponder.search.decoding.plain import StopFn, prefill_shared
-from ponder.search.decoding.rollback import can_hide, feed_rows, truncate_rows
-
-
-class Proposer(Protocol):
-    """Supplies draft tokens for `draft_and_verify`."""
-
-    def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
-        """Given each row's last emitted token, return each row's drafts (at most draft_len and
-        limits[r] tokens, may be empty) and their draft probabilities q [B, K, V] (K = longest
-        draft), or None when the drafts are deterministic (q is then one-hot on each draft token)."""
-        ...
-
-    def accepted(self, num_accepted: list[int], final: list[int]) -> None:
-        """Row r kept its first num_accepted[r] drafts, then `final[r]` (not yet fed anywhere)."""
-        ...
-
-    # optional: `verified(logits [B, W, V])`, called with each verify pass's logits before `accepted`
-
-
-def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """norm(max(0, p − q)) up to normalisation (sampling normalises): where to draw after a rejection.
-
-    p, q: [B, V]. A row where p ≤ q everywhere (only possible by rounding, since a rejection needs
-    p(d) < q(d)) falls back to p."""
-    diff = (p - q).clamp(min=0)  # [B, V]
-    empty = diff.sum(-1, keepdim=True) <= 0  # [B, 1]
-    return torch.where(empty, p, diff)
+from ponder.search.decoding.chain import (
+    LoopStart,
+    check_draft_len,
+    check_same_tokenizer,
+    draft_and_verify,
+    draw_draft,
+    fit_vocab,
+    require_draft,
+    residual,
+)
+from ponder.search.decoding.outputs import StopFn, prefill_shared
+from ponder.search.decoding.rollback import feed_rows, truncate_rows
 
 
 def _uniforms(counts: Sequence[int], width: int, generators) -> torch.Tensor:
@@ -125,109 +106,6 @@ def accept_drafts(
     return num_accepted, sample(residual(p_next, q_next), generators)
 
 
-def draft_and_verify(
-    model: SequenceModel,
-    prompt_ids: Sequence[Sequence[int]],
-    make_proposer,
-    *,
-    sampling: SamplingParams,
-    max_new_tokens: int,
-    generators: list[torch.Generator] | None,
-    stop: StopFn | None,
-    stream: StreamCallback | None,
-    compute: Compute,
-    stats: dict | None = None,
-    cache=None,
-    accept=None,
-) -> Decoded:
-    """The draft-then-verify loop shared by every lossless drafter.
-
-    `make_proposer(prompt_ids, compute, vocab)` builds the proposer (it may prefill a draft model;
-    vocab is the width of the target's logits). Each
-    step feeds [last, drafts...] per row to the target in one forward, applies `accept_drafts`,
-    rolls the target cache back per row, and emits the accepted drafts plus the final token.
-    `stats`, when given, receives "steps" (verify forwards), "row_steps" (verify steps summed over
-    the rows still decoding) and "accepted" (drafts accepted by those rows), for benchmarks.
-    `cache`: an empty target cache to decode in (a self-speculative proposer drafts in the target's
-    own cache; default: a new one). `accept`: the acceptance rule, with `accept_drafts`' signature
-    (default: `accept_drafts`, lossless; a lossy decoder passes its own rule and says so).
-    """
-    batch = len(prompt_ids)
-    out = RowOutputs(batch, eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop, stream=stream,
-                     compute=compute)
-    if not out.active or batch == 0:
-        return out.decoded()
-    tokens, active = out.tokens, out.active
-    cache = model.new_cache() if cache is None else cache
-    accept = accept_drafts if accept is None else accept
-    logits, last = prefill_and_sample(model, prompt_ids, cache, out, sampling, generators)
-    if not active:
-        return out.decoded()
-    proposer = make_proposer(prompt_ids, compute, logits.shape[-1])
-    steps = row_steps = accepted_total = 0
-    while active:
-        row_steps += len(active)
-        # never draft past a row's token budget (nor, so, past the context `check_length` allowed)
-        # finished rows (EOS, stop) draft nothing: their verify columns would be wasted work
-        limits = [max(0, max_new_tokens - len(tokens[r]) - 1) if r in active else 0 for r in range(batch)]
-        drafts, draft_probs = proposer.propose(last, limits)
-        drafts = [d[:limit] for d, limit in zip(drafts, limits)]
-        start = cache.length
-        verify_logits = feed_rows(model, cache, [[t] + list(d) for t, d in zip(last, drafts)])  # [B, W, V]
-        compute.model_calls += 1
-        num_accepted, final = accept(verify_logits, drafts, draft_probs, sampling, generators)
-        num_accepted, final = num_accepted.tolist(), final.tolist()
-        truncate_rows(cache, start, [1 + n for n in num_accepted])
-        verified = getattr(proposer, "verified", None)
-        if verified is not None:
-            verified(verify_logits)  # Jacobi-style proposers draft from the verify pass itself
-        proposer.accepted(num_accepted, final)
-        width = max(num_accepted) + 1
-        logp = torch.log_softmax(verify_logits[:, :width].float(), -1)  # [B, width, V]
-        steps += 1
-        for row in sorted(active):
-            chosen = list(drafts[row][:num_accepted[row]]) + [final[row]]
-            row_logp = logp[row, torch.arange(len(chosen)), torch.tensor(chosen)].tolist()
-            accepted_total += num_accepted[row]
-            for token, lp in zip(chosen, row_logp):
-                out.emit(row, token, lp)
-                if row not in active:
-                    break
-        last = final
-    if stats is not None:
-        stats["steps"] = stats.get("steps", 0) + steps
-        stats["accepted"] = stats.get("accepted", 0) + accepted_total
-        stats["row_steps"] = stats.get("row_steps", 0) + row_steps
-    return out.decoded()
-
-
-def _fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Draft logits [..., V_d] -> [..., vocab]: ids the target lacks are dropped, missing ids get -inf."""
-    size = logits.shape[-1]
-    if size == vocab:
-        return logits
-    if size > vocab:
-        return logits[..., :vocab]
-    pad = logits.new_full((*logits.shape[:-1], vocab - size), float("-inf"))
-    return torch.cat([logits, pad], dim=-1)
-
-
-def draw_draft(logits: torch.Tensor, drafting: list[int], sampling: SamplingParams,
-               generators) -> tuple[torch.Tensor, torch.Tensor]:
-    """A drafter's next token per row [B] (drawn only for rows in `drafting`, each from its own
-    generator) and its distribution q [B, V] from logits [B, V]. Greedy: argmax, and q = softmax
-    (q then only feeds confidence rules)."""
-    if sampling.greedy:
-        return logits.argmax(-1), logits.softmax(-1)
-    q = probs_from_logits(logits, sampling)  # [B, V]
-    token = q.argmax(-1)  # placeholder for rows that stopped drafting (never used)
-    if len(drafting) == len(token):
-        return sample(q, generators), q
-    gens = None if generators is None else [generators[r] for r in drafting]
-    token[drafting] = sample(q[drafting], gens).to(token.device)
-    return token, q
-
-
 class DraftModelProposer:
     """Drafts by sampling a small model autoregressively, over its own cache with per-row rollback.
 
@@ -257,7 +135,7 @@ class DraftModelProposer:
         self.pending: list[list[int]] = [[] for _ in prompt_ids]  # fed to the draft before `last`
 
     def _next(self, logits: torch.Tensor, drafting: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return draw_draft(_fit_vocab(logits.float(), self.vocab), drafting, self.sampling, self.generators)
+        return draw_draft(fit_vocab(logits.float(), self.vocab), drafting, self.sampling, self.generators)
 
     def propose(self, last: list[int], limits: list[int]) -> tuple[list[list[int]], torch.Tensor | None]:
         batch = len(last)
@@ -306,37 +184,6 @@ class DraftModelProposer:
         self.pending = [[d[-1]] if m and n == m else [] for d, n in zip(self.drafts, num_accepted)]
 
 
-def check_draft_len(draft_len) -> int:
-    if isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len <= 0:
-        raise ConfigError(f"draft_len must be a positive integer (tokens drafted per step), got {draft_len!r}")
-    return draft_len
-
-
-def check_same_tokenizer(model, draft) -> None:
-    """ConfigError when the draft's tokenizer differs from the target's (their ids would not agree)."""
-    tok_t, tok_d = getattr(model, "tokenizer", None), getattr(draft, "tokenizer", None)
-    if tok_t is None or tok_d is None or tok_t is tok_d:
-        return
-    if tok_t.get_vocab() != tok_d.get_vocab():
-        raise ConfigError(f"draft {getattr(draft, 'name', 'model')!r} uses a different tokenizer from target "
-                          f"{getattr(model, 'name', 'model')!r}; speculative decoding needs the same token ids "
-                          "(use a draft trained with the target's tokenizer, or --decoder prompt-lookup)")
-
-
-def per_row(decoder, model, prompt_ids, *, generators, stream, stop, **kwargs) -> Decoded:
-    """Run `decoder` one row at a time (for caches that cannot hide positions per row) and merge."""
-    tokens, reasons, logprobs, compute = [], [], [], Compute()
-    for row, prompt in enumerate(prompt_ids):
-        out = decoder(model, [prompt], generators=None if generators is None else [generators[row]],
-                      stream=None if stream is None else (lambda _r, t, row=row: stream(row, t)),
-                      stop=None if stop is None else (lambda _r, toks, row=row: stop(row, toks)), **kwargs)
-        tokens += out.tokens
-        reasons += out.stop_reasons
-        logprobs += out.logprobs
-        compute.add_work(out.compute)
-    return Decoded(tokens, reasons, logprobs, compute)
-
-
 def speculative(
     model: SequenceModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -366,22 +213,16 @@ def speculative(
         `Decoded`; `compute.draft_calls` counts draft forwards, `model_calls` target forwards.
     """
     draft_len = check_draft_len(draft_len)
-    if draft is None:
-        raise ConfigError("decoder 'speculative' needs a draft model (--draft zoo:NAME or a folder)")
+    require_draft("speculative", draft)
     check_same_tokenizer(model, draft)
-    if len(prompt_ids) > 1 and not (can_hide(model.new_cache()) and can_hide(draft.new_cache())):
-        return per_row(speculative, model, prompt_ids, generators=generators, stream=stream, stop=stop,
-                       sampling=sampling, max_new_tokens=max_new_tokens, draft=draft, draft_len=draft_len,
-                       stats=stats)
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(prompts, compute, vocab):
-            return DraftModelProposer(draft, prompts, compute, sampling=sampling, generators=generators,
-                                      draft_len=draft_len, vocab=vocab)
 
-        return draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling,
-                                max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-                                compute=compute, stats=stats)
+    def make_proposer(start: LoopStart) -> DraftModelProposer:
+        return DraftModelProposer(draft, start.prompt_ids, start.compute, sampling=sampling,
+                                  generators=start.generators, draft_len=draft_len, vocab=start.vocab)
+
+    return draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
+                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
+                            stats=stats, draft=draft)
 
 
-__all__ = ["DraftModelProposer", "Proposer", "accept_drafts", "draft_and_verify", "residual", "speculative"]
+__all__ = ["DraftModelProposer", "accept_drafts", "speculative"]

@@ -24,10 +24,10 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
-from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.speculative import check_draft_len
-from ponder.search.decoding.tree_verify import DraftTree, check_tree_cache, tree_draft_and_verify
+from ponder.search.core import Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.chain import LoopStart, check_count, check_draft_len, refuse_draft
+from ponder.search.decoding.outputs import StopFn
+from ponder.search.decoding.tree_verify import DraftTree, tree_draft_and_verify
 
 RANK_KEEP = 0.3  # template score of rank r is RANK_KEEP ** r: a prior that the target's rank-r token comes next
 DEPTH_KEEP = 0.8  # and each level deeper multiplies by this (a path must survive every level)
@@ -154,12 +154,6 @@ class RecyclingProposer:
                           self.logits[row, index.to(self.logits.device)])
 
 
-def _check_positive(name: str, value, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer ({meaning}), got {value!r}")
-    return value
-
-
 def token_recycling(
     model: SequenceModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -203,11 +197,11 @@ def learn_adjacency(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], *
     """Decode `prompt_ids` greedily with Token Recycling and return the matrix they leave (every
     row's learned rows merged in order, over `adjacency` when given): the warm start for later
     queries, as the paper keeps M from one query to the next."""
-    _, proposer = _recycle(model, prompt_ids, sampling=SamplingParams(temperature=0.0),
-                           max_new_tokens=max_new_tokens, topk=topk, tree_size=tree_size, draft_len=draft_len,
-                           adjacency=adjacency)
+    _, proposers = _recycle(model, prompt_ids, sampling=SamplingParams(temperature=0.0),
+                            max_new_tokens=max_new_tokens, topk=topk, tree_size=tree_size, draft_len=draft_len,
+                            adjacency=adjacency)
     learned = adjacency.copy() if adjacency is not None else None
-    for matrix in [] if proposer is None else proposer.matrices:
+    for matrix in [m for proposer in proposers for m in proposer.matrices]:
         if learned is None:
             learned = AdjacencyMatrix(*matrix.table.shape)
         learned.merge(matrix)
@@ -217,27 +211,22 @@ def learn_adjacency(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], *
 
 
 def _recycle(model, prompt_ids, *, sampling, max_new_tokens, generators=None, stop=None, stream=None, draft=None,
-             topk, tree_size, draft_len, adjacency, stats=None) -> tuple[Decoded, RecyclingProposer | None]:
-    topk = _check_positive("topk", topk, "candidates kept per token")
-    tree_size = _check_positive("tree_size", tree_size, "draft nodes per step")
+             topk, tree_size, draft_len, adjacency, stats=None) -> tuple[Decoded, list[RecyclingProposer]]:
+    """Token Recycling's decode, and the proposers it built (one, or one per row when rows run alone)."""
+    topk = check_count("topk", topk, "candidates kept per token")
+    tree_size = check_count("tree_size", tree_size, "draft nodes per step")
     draft_len = check_draft_len(draft_len)
-    if draft is not None:
-        raise ConfigError("decoder 'token-recycling' drafts from the target's own recycled candidates and takes no "
-                          "draft model; drop --draft, or use --decoder speculative")
-    check_tree_cache(model)
-    box: list = []
+    refuse_draft("token-recycling", draft, "from the target's own recycled candidates")
+    proposers: list[RecyclingProposer] = []
 
-    def make_proposer(prompts, _compute, vocab):
-        box.append(RecyclingProposer(prompts, vocab, topk=topk, tree_size=tree_size, max_depth=draft_len,
-                                     start=adjacency))
-        return box[0]
+    def make_proposer(start: LoopStart) -> RecyclingProposer:
+        proposers.append(RecyclingProposer(start.prompt_ids, start.vocab, topk=topk, tree_size=tree_size,
+                                           max_depth=draft_len, start=adjacency))
+        return proposers[-1]
 
-    compute = Compute()
-    with compute.timed():
-        decoded = tree_draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling,
-                                        max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                        stream=stream, compute=compute, stats=stats)
-    return decoded, (box[0] if box else None)
+    decoded = tree_draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
+                                    generators=generators, stop=stop, stream=stream, stats=stats)
+    return decoded, proposers
 
 
 __all__ = ["AdjacencyMatrix", "RecyclingProposer", "learn_adjacency", "token_recycling", "tree_template"]

@@ -25,8 +25,8 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn
-from ponder.search.decoding.speculative import check_draft_len
+from ponder.search.decoding.chain import check_draft_len
+from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.tree_draft import decode_with_draft_trees, grow_by_level, top_children
 from ponder.search.decoding.tree_verify import check_tree_width, rrs
 
@@ -80,14 +80,9 @@ def tree(
         return grow_by_level(drafter, last, limits, shape, lambda q, width, row: top_children(q, width),
                              keep_q=False)
 
-    def rerun(model, prompts, **kw):
-        return tree(model, prompts, sampling=sampling, max_new_tokens=max_new_tokens, draft=draft,
-                    draft_len=draft_len, tree_width=tree_width, branching=branching, stats=stats, **kw)
-
     return decode_with_draft_trees("tree", model, prompt_ids, make_trees, rrs, sampling=sampling,
                                    max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                   stream=stream, draft=draft, draft_len=len(shape),
-                                   stats=stats, rerun=rerun)
+                                   stream=stream, draft=draft, draft_len=len(shape), stats=stats)
 
 
 __all__ = ["check_branching", "default_branching", "tree"]

@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, probs_from_logits, sample
 from ponder.kernels.tree import pack_trees, tree_mask
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.plain import StopFn, prefill_shared
-from ponder.search.decoding.rollback import can_hide, feed_rows
-from ponder.search.decoding.speculative import _fit_vocab, check_draft_len, check_same_tokenizer, per_row
+from ponder.search.core.capabilities import device_of
+from ponder.search.decoding.chain import LoopStart, check_draft_len, check_same_tokenizer, fit_vocab, require_draft
+from ponder.search.decoding.outputs import StopFn, prefill_shared
+from ponder.search.decoding.rollback import feed_rows
 from ponder.search.decoding.tree_verify import AcceptRule, DraftTree, tree_draft_and_verify
 
 
@@ -39,7 +39,7 @@ class DraftTreeModel:
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Draft distribution [N, V] from draft logits [N, V_d]: the sampling-processed q, or, when
         greedy, the plain softmax (whose order gives the top-k and whose values rank nodes)."""
-        logits = _fit_vocab(logits.float(), self.vocab).cpu()
+        logits = fit_vocab(logits.float(), self.vocab).cpu()
         if self.sampling.greedy:
             return logits.softmax(-1)
         return probs_from_logits(logits, self.sampling)
@@ -74,7 +74,7 @@ class DraftTreeModel:
         tokens = [t.tokens[1:] or [0] for t in trees]
         parents = [[p - 1 for p in t.parents[1:]] or [-1] for t in trees]  # the root is in the cache: -1
         ids, par = pack_trees(tokens, parents)  # [B, T-1]
-        device = getattr(self.draft, "device", None)
+        device = device_of(self.draft)
         logits = self.draft.forward(ids.to(device), self.cache, attn_mask=tree_mask(par).to(device))  # [B, T-1, V_d]
         self.compute.draft_calls += 1
         self.cache.truncate(self.base)
@@ -175,32 +175,27 @@ def decode_with_draft_trees(
     draft: SequenceModel | None,
     draft_len: int,
     stats: dict | None,
-    rerun: Callable,
 ) -> Decoded:
-    """Shared entry of the draft-model tree decoders: checks, the one-row fallback, the loop.
+    """Shared entry of the draft-model tree decoders: the draft checks, then the tree loop.
 
-    make_trees(drafter, last, limits, generators) -> list[DraftTree] grows one step's trees;
-    rerun(model, prompts, generators=, stream=, stop=) runs the same decoder on one row (for caches
-    without per-row rollback).
+    make_trees(drafter, last, limits, generators) -> list[DraftTree] grows one step's trees from a
+    `DraftTreeModel` (generators: the rows' own, as the loop runs them).
     """
     check_draft_len(draft_len)
-    if draft is None:
-        raise ConfigError(f"decoder {name!r} needs a draft model (--draft zoo:NAME or a folder)")
+    require_draft(name, draft)
     check_same_tokenizer(model, draft)
-    if len(prompt_ids) > 1 and not (can_hide(model.new_cache()) and can_hide(draft.new_cache())):
-        return per_row(rerun, model, prompt_ids, generators=generators, stream=stream, stop=stop)
-    compute = Compute()
-    with compute.timed():
-        def make_proposer(prompts, compute, vocab):
-            return _Proposer(DraftTreeModel(draft, prompts, compute, sampling=sampling, vocab=vocab),
-                             make_trees, generators)
 
-        return tree_draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling,
-                                     max_new_tokens=max_new_tokens, generators=generators, stop=stop,
-                                     stream=stream, compute=compute, rule=rule, stats=stats)
+    def make_proposer(start: LoopStart) -> DraftTreeProposer:
+        drafter = DraftTreeModel(draft, start.prompt_ids, start.compute, sampling=sampling, vocab=start.vocab)
+        return DraftTreeProposer(drafter, make_trees, start.generators)
+
+    return tree_draft_and_verify(model, prompt_ids, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
+                                 generators=generators, stop=stop, stream=stream, rule=rule, stats=stats, draft=draft)
 
 
-class _Proposer:
+class DraftTreeProposer:
+    """A `TreeProposer` that grows each step's trees with `make_trees` over a `DraftTreeModel`."""
+
     def __init__(self, drafter: DraftTreeModel, make_trees, generators):
         self.drafter, self.make_trees, self.generators = drafter, make_trees, generators
 
@@ -209,3 +204,7 @@ class _Proposer:
 
     def accepted(self, paths: list[list[int]], final: list[int]) -> None:
         self.drafter.accepted(paths)
+
+
+__all__ = ["DraftTreeModel", "DraftTreeProposer", "decode_with_draft_trees", "grow_by_level", "gumbel_top_k",
+           "iid_draws", "stack_q", "top_children"]

@@ -15,8 +15,9 @@ the step ends with it as the final token. So every rule here is lossless; greedy
 
 After the walk the target cache keeps exactly the root plus the accepted nodes: their keys and
 values, computed with the path's positions and attention, are compacted to contiguous positions
-(`cache.select_positions`), or, for a cache without it, every other tree position is hidden.
-Rows draw only from their own generator, so a row's output does not depend on its batch.
+(`TreeCache.select_positions`), or, for a cache without it, every other tree position is hidden.
+Rows draw only from their own generator, so a row's output does not depend on its batch. A cache that
+cannot hide rows runs a batch one row at a time (`chain.one_row_at_a_time`), as the chain loop does.
 """
 
 from __future__ import annotations
@@ -31,10 +32,17 @@ from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, probs_from_logits
 from ponder.kernels.tree import pack_trees, path_index, tree_mask
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.decoding.outputs import RowOutputs, prefill_and_sample
-from ponder.search.decoding.plain import StopFn
+from ponder.search.core.capabilities import TreeCache, VerifiedHook, device_of, display_name
+from ponder.search.decoding.chain import (
+    LoopStart,
+    MakeProposer,
+    add_stats,
+    one_row_at_a_time,
+    residual,
+    rows_roll_back,
+)
+from ponder.search.decoding.outputs import RowOutputs, StopFn, prefill_and_sample
 from ponder.search.decoding.rollback import can_hide, truncate_rows
-from ponder.search.decoding.speculative import residual
 
 # (p [V] target probs at the node, q [V] draft probs the draws came from or None, draws, generator)
 # -> the emitted token, distributed exactly as p
@@ -118,8 +126,8 @@ class TreeProposer(Protocol):
         """Row r accepted the draft tokens paths[r] (root excluded), then `final[r]` (not yet fed)."""
         ...
 
-    # optional: `verified(logits [B, T, V])`, called with each verify pass's logits (node order of the
-    # proposed trees) before `accepted` — drafters that learn from every node (Token Recycling, lookahead)
+    # a `VerifiedHook` proposer also gets each verify pass's logits [B, T, V] (node order of the proposed
+    # trees) before `accepted` — drafters that learn from every node (Token Recycling, lookahead)
 
 
 # ---- acceptance rules ---------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ def verify_trees(model: SequenceModel, cache, trees: Sequence[DraftTree]) -> tor
     path. The cache grows by T positions; call `keep_paths` after the walk.
     """
     tokens, parents = pack_trees([t.tokens for t in trees], [t.parents for t in trees])  # [B, T], [B, T]
-    device = getattr(model, "device", None)
+    device = device_of(model)
     if all(t.parents == list(range(-1, len(t) - 1)) for t in trees) and len({len(t) for t in trees}) == 1:
         return model.forward(tokens.to(device), cache)  # equal chains: the causal mask is the tree mask
     mask = tree_mask(parents)  # [B, T, T]
@@ -234,7 +242,7 @@ def keep_paths(cache, start: int, paths: Sequence[Sequence[int]]) -> None:
     if all(list(p) == list(range(len(p))) for p in paths):  # every path is a prefix: plain rollback
         truncate_rows(cache, start, [len(p) for p in paths])
         return
-    if callable(getattr(cache, "select_positions", None)):
+    if isinstance(cache, TreeCache):
         cache.select_positions(start, path_index(paths))  # [B, N]
         truncate_rows(cache, start, [len(p) for p in paths])
         return
@@ -248,44 +256,59 @@ def keep_paths(cache, start: int, paths: Sequence[Sequence[int]]) -> None:
 def check_tree_cache(model: SequenceModel) -> None:
     """ConfigError for a model whose cache can neither compact nor hide positions (no tree rollback)."""
     cache = model.new_cache()
-    if not (callable(getattr(cache, "select_positions", None)) or can_hide(cache)):
+    if not (isinstance(cache, TreeCache) or can_hide(cache)):
         raise ConfigError(f"tree decoders need a cache with select_positions or hide; "
-                          f"{getattr(model, 'name', 'this model')!r} has neither (use --decoder speculative)")
+                          f"{display_name(model, 'this model')!r} has neither (use --decoder speculative)")
 
 
 def tree_draft_and_verify(
     model: SequenceModel,
     prompt_ids: Sequence[Sequence[int]],
-    make_proposer,
+    make_proposer: MakeProposer,
     *,
     sampling: SamplingParams,
     max_new_tokens: int,
-    generators: list[torch.Generator] | None,
-    stop: StopFn | None,
-    stream: StreamCallback | None,
-    compute: Compute,
+    generators: list[torch.Generator] | None = None,
+    stop: StopFn | None = None,
+    stream: StreamCallback | None = None,
     rule: AcceptRule = rrs,
     stats: dict | None = None,
+    draft: SequenceModel | None = None,
 ) -> Decoded:
     """The draft-tree-then-verify loop shared by every tree decoder.
 
-    `make_proposer(prompt_ids, compute, vocab)` builds a `TreeProposer`. Each step verifies every
-    row's tree in one target forward, walks it with `rule` (greedy when sampling is greedy), rolls
-    the cache back to each row's accepted path, and emits the accepted tokens plus the final one.
-    `stats`, when given, receives "steps" (verify forwards), "row_steps" (steps summed over active
-    rows), "accepted" (draft tokens accepted) and "tree_nodes" (nodes verified, roots included).
+    `make_proposer(LoopStart)` builds a `TreeProposer` after the prefill (once per row when the rows
+    run one at a time: a cache of `model` or of `draft` that cannot hide rows). Each step verifies
+    every row's tree in one target forward, walks it with `rule` (greedy when sampling is greedy),
+    rolls the cache back to each row's accepted path, and emits the accepted tokens plus the final
+    one. `stats`, when given, receives "steps" (verify forwards), "row_steps" (steps summed over
+    active rows), "accepted" (draft tokens accepted) and "tree_nodes" (nodes verified, roots included).
     """
     check_tree_cache(model)
-    batch = len(prompt_ids)
-    out = RowOutputs(batch, eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop, stream=stream,
-                     compute=compute)
-    if not out.active or batch == 0:
+    compute = Compute()
+    with compute.timed():
+        def run(prompts, gens, stop, stream):
+            return _tree_loop(model, prompts, make_proposer, sampling=sampling, max_new_tokens=max_new_tokens,
+                              generators=gens, stop=stop, stream=stream, rule=rule, stats=stats, compute=compute)
+
+        if len(prompt_ids) > 1 and not rows_roll_back(model, draft):
+            return one_row_at_a_time(run, prompt_ids, generators=generators, stop=stop, stream=stream,
+                                     compute=compute)
+        return run(prompt_ids, generators, stop, stream)
+
+
+def _tree_loop(model: SequenceModel, prompt_ids, make_proposer: MakeProposer, *, sampling: SamplingParams,
+               max_new_tokens: int, generators, stop, stream, rule: AcceptRule, stats, compute: Compute) -> Decoded:
+    out = RowOutputs(len(prompt_ids), eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop,
+                     stream=stream, compute=compute)
+    if not out.active:
         return out.decoded()
     cache = model.new_cache()
     logits, last = prefill_and_sample(model, prompt_ids, cache, out, sampling, generators)
     if not out.active:
         return out.decoded()
-    proposer = make_proposer(prompt_ids, compute, logits.shape[-1])
+    proposer = make_proposer(LoopStart(prompt_ids, generators, compute, logits.shape[-1], cache))
+    hook = proposer.verified if isinstance(proposer, VerifiedHook) else None
     steps = row_steps = accepted_total = nodes = 0
     while out.active:
         row_steps += len(out.active)
@@ -299,9 +322,8 @@ def tree_draft_and_verify(
         compute.model_calls += 1
         paths, final = walk_trees(verify_logits, trees, sampling, generators, rule)
         keep_paths(cache, start, paths)
-        verified = getattr(proposer, "verified", None)
-        if verified is not None:
-            verified(verify_logits)
+        if hook is not None:
+            hook(verify_logits)
         proposer.accepted([[tree.tokens[n] for n in path[1:]] for tree, path in zip(trees, paths)], final)
         logp = torch.log_softmax(verify_logits.float(), -1).cpu()  # [B, T, V]
         steps += 1
@@ -315,10 +337,7 @@ def tree_draft_and_verify(
                 if row not in out.active:
                     break
         last = final
-    if stats is not None:
-        for key, value in (("steps", steps), ("accepted", accepted_total), ("row_steps", row_steps),
-                           ("tree_nodes", nodes)):
-            stats[key] = stats.get(key, 0) + value
+    add_stats(stats, steps=steps, accepted=accepted_total, row_steps=row_steps, tree_nodes=nodes)
     return out.decoded()
 
 

@@ -106,10 +106,10 @@ def test_lookahead_greedy_equals_plain_greedy(tiny_model_folders):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"window": 0}, "window must be an integer >= 1"),
+    ({"window": 0}, "window must be a positive integer"),
     ({"ngram": 1}, "ngram must be an integer >= 2"),
-    ({"guesses": 0}, "guesses must be an integer >= 1"),
-    ({"guesses": 2.0}, "guesses must be an integer >= 1"),
+    ({"guesses": 0}, "guesses must be a positive integer"),
+    ({"guesses": 2.0}, "guesses must be a positive integer"),
     ({"draft": ToyChain(seed=1)}, "takes no draft model"),
 ])
 def test_lookahead_bad_options_raise_one_clear_error(options, message):
