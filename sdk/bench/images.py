@@ -83,8 +83,8 @@ def _picks(model, verifier, method: str, prompt: str, budget: int, seeds: range)
 
 def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
     import ponder
+    from ponder.modalities.image.diversity import pixel_diversity as mean_pairwise_distance
     from ponder.modalities.image.verifiers import ClassifierVerifier
-    from ponder.search.scaling.denoise import mean_pairwise_distance
 
     model = ponder.load("image", "zoo:digits")
     verifier = ponder.load_verifier("image", "classifier")

@@ -4,8 +4,11 @@ Results: `Compute` (what producing a result cost), `Candidate` (one output with 
 `Result` (best + all candidates + compute + a JSON-serialisable config that reproduces the run), and
 `Decoded` (what a decoder returns: new token ids per row).
 
-Protocols: `SequenceModel` (text, AR image tokens, codec-LM speech) and `Verifier` — what search needs
-from a modality and nothing more. The core never knows which modality it drives.
+Protocols: `SequenceModel` (text, AR image tokens, codec-LM speech), `Denoiser` (image and music
+diffusion) and `Verifier` — what search needs from a modality and nothing more. The core never knows
+which modality it drives. What search reads beyond them is a named capability checked with
+`isinstance`, never probed with getattr: `CountsNFE`, `HasDefaultSteps`, `Named`, `Describes`,
+`DecodesTensor` (denoisers), `DifferentiableVerifier` (verifiers gradients pass through).
 
 Seeding: candidate ``i`` of a run with base seed ``s`` draws from its own generator seeded from
 ``(s, i)`` (`candidate_generators`), so an output never depends on the batch size or on which other
@@ -29,8 +32,14 @@ from ponder.kernels.sampling import generator_seed, make_generators
 __all__ = [
     "Candidate",
     "Compute",
+    "CountsNFE",
+    "DecodesTensor",
     "Decoded",
     "Denoiser",
+    "Describes",
+    "DifferentiableVerifier",
+    "HasDefaultSteps",
+    "Named",
     "ProcessVerifier",
     "Result",
     "SequenceCache",
@@ -51,6 +60,7 @@ class Compute:
     tokens: int = 0  # tokens emitted (accepted)
     nfe: int = 0  # denoiser evaluations (diffusion)
     verifier_calls: int = 0  # items scored by verifiers
+    backward_passes: int = 0  # gradient passes (noise optimisation); a backward costs about two forwards
     seconds: float = 0.0  # wall time
 
     def __iadd__(self, other: Compute) -> Compute:
@@ -213,7 +223,9 @@ class Denoiser(Protocol):
     Time runs from `timesteps(steps)[0]` (pure noise) down to the last entry; `cond` is whatever
     `condition(prompt)` returned for the prompt (class label, text embeddings, ...). Every method is
     batched over the leading dimension of `x`; all samplers used for search are deterministic, so a
-    candidate is fully determined by its initial noise.
+    candidate is fully determined by its initial noise. No method disables autograd: the caller
+    decides whether gradients flow (search strategies run under ``torch.no_grad()``; noise
+    optimisation differentiates through `step` and a `DecodesTensor` decode).
     """
 
     def condition(self, prompt: Any, n: int) -> Any: ...  # prompt -> conditioning for n rows (InputError if bad)
@@ -231,6 +243,45 @@ class Denoiser(Protocol):
     def decode(self, x0: torch.Tensor) -> list[Any]: ...  # clean latents -> outputs (PIL images, audio)
 
 
+# ---- what search may read beyond `Denoiser` (each checked with isinstance) ------------------------
+
+
+@runtime_checkable
+class CountsNFE(Protocol):
+    """A model that counts its own network evaluations (per batch row; a guidance pair counts 2)."""
+
+    nfe: int  # evaluations so far; strategies add the difference around their work to Compute.nfe
+
+
+@runtime_checkable
+class HasDefaultSteps(Protocol):
+    """A denoiser with its own default number of sampling steps."""
+
+    default_steps: int
+
+
+@runtime_checkable
+class Named(Protocol):
+    """A model with the name results record (the spec it was loaded from)."""
+
+    name: str
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """A model that describes itself for `Result.config["model_info"]`."""
+
+    def info(self) -> dict: ...  # JSON-serialisable: family, sampler, sizes, ...
+
+
+@runtime_checkable
+class DecodesTensor(Protocol):
+    """A denoiser that decodes clean latents to a tensor losses can read (no clamping, no PIL), so
+    gradients pass from a loss on the output back to the initial noise."""
+
+    def decode_tensor(self, x0: torch.Tensor) -> torch.Tensor: ...  # [B, ...] latents -> [B, ...] output tensor
+
+
 @runtime_checkable
 class Verifier(Protocol):
     """Scores finished outputs; higher is better."""
@@ -245,6 +296,14 @@ class ProcessVerifier(Verifier, Protocol):
     """Also scores unfinished outputs (partial solutions), step by step."""
 
     def score_steps(self, prompt: Any, partials: Sequence[Any]) -> torch.Tensor: ...  # -> [N]
+
+
+@runtime_checkable
+class DifferentiableVerifier(Verifier, Protocol):
+    """Also scores output tensors (what `DecodesTensor.decode_tensor` gives) so that gradients pass
+    through the score: the objective of noise optimisation (controls such as loudness or melody)."""
+
+    def score_tensor(self, prompt: Any, x: torch.Tensor) -> torch.Tensor: ...  # x: [N, ...] -> [N], differentiable
 
 
 StreamCallback = Callable[[int, int], None]  # (row, token id) for every emitted token

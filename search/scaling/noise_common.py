@@ -2,7 +2,9 @@
 with their NFEs counted, and verifier scoring of decoded x0 (predictions) with its calls counted.
 
 Denoising itself is `ponder.search.scaling.denoise.denoise` (shared with sample / best-of-N): NFEs are
-the model's own per-row count, so a classifier-free-guidance pair costs 2.
+a `CountsNFE` model's own per-row count, so a classifier-free-guidance pair costs 2. The searches
+run under ``torch.no_grad()`` (they select, they do not differentiate); the diversity of what they
+return is measured outside search, by the modality.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ from typing import Any
 import torch
 
 from ponder.errors import ConfigError
-from ponder.search.core import Candidate, Compute, Verifier, candidate_generators, candidate_seed
+from ponder.search.core import (
+    Candidate,
+    Compute,
+    Denoiser,
+    Describes,
+    Named,
+    Verifier,
+    candidate_generators,
+    candidate_seed,
+)
 from ponder.search.scaling.common import require_verifier
-from ponder.search.scaling.denoise import check_steps, mean_pairwise_distance, nfe_counter
+from ponder.search.scaling.denoise import check_steps, default_steps, model_name, nfe_counter
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -35,10 +46,10 @@ def check_search(model, verifier: Verifier | None, strategy: str, n: int, steps:
     """Validate the options every noise search takes; returns (verifier, steps)."""
     require_verifier(verifier, strategy)
     positive_int("n", n)
-    if not all(hasattr(model, m) for m in ("timesteps", "noise", "step", "predict_x0", "renoise", "decode")):
+    if not isinstance(model, Denoiser):
         raise ConfigError(f"strategy {strategy!r} searches over diffusion noise: it needs a Denoiser "
                           f"(an image or music diffusion model), got {type(model).__name__}")
-    return verifier, check_steps(getattr(model, "default_steps", 20) if steps is None else steps)
+    return verifier, check_steps(default_steps(model) if steps is None else steps)
 
 
 def seeded_noise(model, seed: int, indices: Sequence[int]) -> torch.Tensor:
@@ -48,7 +59,7 @@ def seeded_noise(model, seed: int, indices: Sequence[int]) -> torch.Tensor:
 
 def predict_x0(model, x: torch.Tensor, t: float, cond: Any, compute: Compute) -> torch.Tensor:
     """The model's x0 estimate of every row of x [B, ...] at time t (one NFE per row, counted)."""
-    with nfe_counter(model, compute):
+    with nfe_counter(model, compute, rows=x.shape[0]):
         return model.predict_x0(x, t, cond)
 
 
@@ -65,13 +76,12 @@ def make_candidate(output: Any, score: float, seed: int, index: int, **meta) -> 
     return Candidate(output=output, score=score, seed=candidate_seed(seed, index), meta={"index": index, **meta})
 
 
-def base_config(model, prompt: Any, verifier: Verifier, strategy: str, n: int, seed: int, steps: int,
-                outputs: list) -> dict:
-    """The config fields every noise search records, with the diversity of the returned `outputs`
-    (mean pairwise distance: a score rising while it collapses hints at verifier hacking)."""
-    config = {"model": getattr(model, "name", type(model).__name__), "strategy": strategy, "prompt": prompt,
-              "verifier": getattr(verifier, "name", None), "n": n, "seed": seed, "steps": steps,
-              "diversity": mean_pairwise_distance(outputs)}
-    if hasattr(model, "info"):
+def base_config(model, prompt: Any, verifier: Verifier, strategy: str, n: int, seed: int, steps: int) -> dict:
+    """The config fields every noise search records (model, strategy, prompt, verifier, n, seed,
+    steps, and the model's `info()` when it `Describes` itself)."""
+    config = {"model": model_name(model), "strategy": strategy, "prompt": prompt,
+              "verifier": verifier.name if isinstance(verifier, Named) else None, "n": n, "seed": seed,
+              "steps": steps}
+    if isinstance(model, Describes):
         config["model_info"] = model.info()
     return config

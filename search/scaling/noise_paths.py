@@ -83,7 +83,7 @@ def noise_paths(model, prompt: Any, verifier: Verifier | None = None, *, n: int,
     verifier, steps = check_search(model, verifier, "noise-paths", n, steps)
     start = check_path_options(steps, branches, start, forward, backward)
     compute = Compute()
-    with compute.timed():
+    with compute.timed(), torch.no_grad():
         cond = model.condition(prompt, n)
         times = model.timesteps(steps)
         x = denoise(model, seeded_noise(model, seed, range(n)), cond, times[:start + 1], compute)
@@ -107,7 +107,7 @@ def noise_paths(model, prompt: Any, verifier: Verifier | None = None, *, n: int,
             round_scores = [round_scores[int(parents[r])] + [scores[r]] for r in top]
     candidates = [make_candidate(outputs[r], scores[r], seed, p[-1], path=p, round_scores=rs)
                   for r, p, rs in zip(top, paths, round_scores)]
-    config = base_config(model, prompt, verifier, "noise-paths", n, seed, steps, [c.output for c in candidates])
+    config = base_config(model, prompt, verifier, "noise-paths", n, seed, steps)
     config.update(branches=branches, start=start, forward=forward, backward=backward)
     return Result(best=candidates[0], candidates=candidates, compute=compute, config=config)
 
@@ -115,16 +115,17 @@ def noise_paths(model, prompt: Any, verifier: Verifier | None = None, *, n: int,
 def render_path(model, prompt: Any, path: list[int], *, seed: int, steps: int, start: int, forward: int = 1,
                 backward: int = 2) -> torch.Tensor:
     """Re-render one candidate of `noise_paths` alone from its ``meta["path"]`` and the run's config:
-    the clean sample [1, ...]."""
+    the clean sample [1, ...] (computed without gradients, as the search was)."""
     compute = Compute()
-    cond = model.condition(prompt, 1)
-    times = model.timesteps(steps)
-    x = denoise(model, seeded_noise(model, seed, path[:1]), cond, times[:start + 1], compute)
-    cur = start
-    for (lo, hi), index in zip(path_rounds(steps, start, forward, backward), path[1:]):
-        x = model.renoise(x, times[cur], times[lo], seeded_noise(model, seed, [index]))
-        x = denoise(model, x, cond, times[lo:hi + 1], compute)
-        cur = hi
+    with torch.no_grad():
+        cond = model.condition(prompt, 1)
+        times = model.timesteps(steps)
+        x = denoise(model, seeded_noise(model, seed, path[:1]), cond, times[:start + 1], compute)
+        cur = start
+        for (lo, hi), index in zip(path_rounds(steps, start, forward, backward), path[1:]):
+            x = model.renoise(x, times[cur], times[lo], seeded_noise(model, seed, [index]))
+            x = denoise(model, x, cond, times[lo:hi + 1], compute)
+            cur = hi
     return x
 
 

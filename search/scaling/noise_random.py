@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ponder.search.core import Compute, Result, Verifier
+import torch
+
+from ponder.search.core import Compute, Named, Result, Verifier
 from ponder.search.scaling.best_of_n import pick_best
 from ponder.search.scaling.common import score_candidates
 from ponder.search.scaling.denoise import denoise_candidates
@@ -27,16 +29,15 @@ def noise_random(model, prompt: Any, verifier: Verifier | None = None, *, n: int
         n: number of noises. seed: candidate i's noise comes from generator (seed, i).
         steps: denoising steps per sample (default: the model's).
     Returns:
-        A Result whose candidates are all n samples (score = verifier score) and best the top one;
-        config["diversity"] is their mean pairwise distance.
+        A Result whose candidates are all n samples (score = verifier score) and best the top one.
     """
     no_extra_options("noise-random", options, ("steps",))
     verifier, steps = check_search(model, verifier, "noise-random", n, steps)
     compute = Compute()
-    with compute.timed():
+    with compute.timed(), torch.no_grad():
         candidates, config = denoise_candidates(model, prompt, n=n, seed=seed, compute=compute, steps=steps)
         score_candidates(verifier, prompt, candidates, compute)
-    config.update(strategy="noise-random", verifier=getattr(verifier, "name", None))
+    config.update(strategy="noise-random", verifier=verifier.name if isinstance(verifier, Named) else None)
     return Result(best=pick_best(candidates), candidates=candidates, compute=compute, config=config)
 
 

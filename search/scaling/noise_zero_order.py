@@ -78,7 +78,7 @@ def noise_zero_order(model, prompt: Any, verifier: Verifier | None = None, *, n:
                           f"got {step_size!r}")
     compute = Compute()
     candidates = []
-    with compute.timed():
+    with compute.timed(), torch.no_grad():
         cond = model.condition(prompt, n)
         times = model.timesteps(steps)
         pivot = seeded_noise(model, seed, [0])  # [1, ...]
@@ -106,8 +106,7 @@ def noise_zero_order(model, prompt: Any, verifier: Verifier | None = None, *, n:
                 pivot, pivot_index, pivot_score, pivot_chain = x_T[top:top + 1], indices[top], scores[top], chains[top]
             path.append(pivot_index)
     best = next(c for c in candidates if c.meta["index"] == pivot_index)
-    config = base_config(model, prompt, verifier, "noise-zero-order", n, seed, steps,
-                         [c.output for c in candidates])
+    config = base_config(model, prompt, verifier, "noise-zero-order", n, seed, steps)
     config.update(iterations=iterations, step_size=step_size, pivot_path=path)
     return Result(best=best, candidates=candidates, compute=compute, config=config)
 

@@ -107,13 +107,13 @@ def test_noise_is_diffusers_randn_tensor_with_one_generator_per_row(folders):
 
 
 class Oracle:
-    """Replaces the network: returns the prediction of the true (x0, eps) pair for the model's type."""
+    """Replaces the guided prediction: returns the prediction of the true (x0, eps) pair for the model's type."""
 
     def __init__(self, model, x0, eps):
         self.model, self.x0, self.eps = model, x0, eps
 
     def __call__(self, x_in, t, cond):
-        kind = "flow" if self.model.sampler.name == "flow" else self.model.sampler.scheduler.config.prediction_type
+        kind = self.model.sampler.prediction
         a, s = self.model.sampler.alpha_sigma(t)
         return {"epsilon": self.eps, "flow": self.eps - self.x0, "v_prediction": a * self.eps - s * self.x0}[kind]
 
@@ -123,7 +123,7 @@ def test_renoise_then_predict_with_a_perfect_model_returns_x0_and_steps_stay_on_
     model = ponder.load("image", folders[which])
     x0 = torch.rand(2, *model.shape) * 1.6 - 0.8  # inside DDIM's clip range
     eps = torch.randn(2, *model.shape, generator=gens(9)[0])
-    model._predict = Oracle(model, x0, eps)
+    model.guided_prediction = Oracle(model, x0, eps)
     times = model.timesteps(5)
     end = times[-1]
     for i in (0, 2, 4):
@@ -163,6 +163,24 @@ def test_bad_prompt_size_steps_and_sampler_are_clear_errors(folders):
         ponder.load("image", folders["unet"], guidance_scale=3.0)
     with pytest.raises(InputError, match="non-empty text prompt"):
         ponder.load("image", folders["sd"]).condition("  ", 1)
+
+
+@pytest.mark.parametrize("which,family,sampler", [("unet", "unet", "ddim"), ("sd-euler", "sd", "euler"),
+                                                  ("sdxl", "sdxl", "ddim"), ("dit", "dit", "ddim"),
+                                                  ("sd3", "sd3", "flow")])
+def test_each_pipeline_class_loads_as_a_family_object_with_frozen_weights(folders, which, family, sampler):
+    from ponder.modalities.diffusion import Family
+
+    model = ponder.load("image", folders[which])
+    assert isinstance(model.family, Family) and model.family.name == family
+    assert model.info()["family"] == family and model.info()["sampler"] == sampler
+    assert not any(p.requires_grad for p in model.net.parameters())  # gradients flow only where a caller asks
+    x = model.noise(gens(0)).requires_grad_(True)
+    pixels = model.decode_tensor(model.predict_x0(x, model.timesteps(2)[0], model.condition(
+        "1" if model.labels else "the cat", 1)))  # [1, C, H, W]
+    assert pixels.shape[-2:] == (model.height, model.width)
+    pixels.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_a_folder_that_is_no_image_model_is_a_load_error(tmp_path):

@@ -1,5 +1,5 @@
 """The image surface over a Denoiser: verifiers (classifier, CLIP, aesthetic, ensembles), generate()
-with sample / best-of-N (NFEs, verifier calls, seeds that re-render, diversity), and clear errors."""
+with sample / best-of-N (NFEs, verifier calls, seeds that re-render), pixel diversity, and clear errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 import ponder
 from ponder.errors import ConfigError, InputError
-from ponder.search.scaling.denoise import mean_pairwise_distance
+from ponder.modalities.image.diversity import pixel_diversity
 from ponder.search.verifiers.ensemble import ranks
 
 
@@ -112,9 +112,7 @@ def test_best_of_n_on_a_denoiser_counts_nfe_and_rerenders_from_the_seed(unet_fol
     assert result.compute.nfe == 3 * 3 and result.compute.verifier_calls == 3 and result.compute.tokens == 0
     scores = [c.score for c in result.candidates]
     assert result.best.score == max(scores) and len(set(scores)) == 3
-    outputs = [c.output for c in result.candidates]
-    assert result.config["diversity"] == pytest.approx(mean_pairwise_distance(outputs))
-    assert result.config["diversity"] > 0
+    assert pixel_diversity([c.output for c in result.candidates]) > 0  # three different images
     assert result.config["steps"] == 3 and result.config["modality"] == "image"
     # candidate 2 alone, from its recorded seed: same bytes
     cand = result.candidates[2]
@@ -148,14 +146,18 @@ def test_denoiser_refuses_token_strategies_decoders_and_bad_steps(unet_folder):
         ponder.generate(model, "seven", n=1, steps=1)
 
 
-def test_mean_pairwise_distance_of_images():
+def test_pixel_diversity_is_the_mean_pairwise_rms_pixel_distance():
     black, white = grey(np.zeros((2, 2))), grey(np.full((2, 2), 255))
-    assert mean_pairwise_distance([black]) is None
-    assert mean_pairwise_distance([black, black]) == 0.0
-    assert mean_pairwise_distance([black, white, white]) == pytest.approx((1 + 1 + 0) / 3)
+    assert pixel_diversity([black]) is None
+    assert pixel_diversity([black, black]) == 0.0
+    assert pixel_diversity([black, white, white]) == pytest.approx((1 + 1 + 0) / 3)
     png = io.BytesIO()
     white.save(png, format="PNG")
-    assert mean_pairwise_distance([Image.open(png), black]) == pytest.approx(1.0)
+    assert pixel_diversity([Image.open(png), black]) == pytest.approx(1.0)
+    half = grey([[0, 255], [0, 0]])  # one pixel of four differs from black: RMS sqrt(1 / 4)
+    assert pixel_diversity([half, black]) == pytest.approx(0.5)
+    rgb = Image.fromarray(np.stack([np.zeros((2, 2)), np.full((2, 2), 255), np.zeros((2, 2))], -1).astype(np.uint8))
+    assert pixel_diversity([rgb, Image.new("RGB", (2, 2))]) == pytest.approx(3 ** -0.5)  # one channel of three
 
 
 def test_classifier_name_loads_the_zoo_digits_classifier():

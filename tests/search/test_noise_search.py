@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from ponder.errors import ConfigError
-from ponder.search.core import Denoiser
+from ponder.search.core import (
+    Compute,
+    CountsNFE,
+    DecodesTensor,
+    Denoiser,
+    Describes,
+    DifferentiableVerifier,
+    HasDefaultSteps,
+    Verifier,
+)
 from ponder.search.scaling import get_strategy
 from ponder.search.scaling.noise_paths import noise_paths, path_rounds, paths_nfe, render_path
 from ponder.search.scaling.noise_random import noise_random
@@ -28,6 +37,7 @@ class GaussianDenoiser:
         self.s0 = s0
         self.nfe = 0  # network-evaluation counter the strategies' own accounting must match
         self.default_steps = 6
+        self.grad_modes: set[bool] = set()  # torch.is_grad_enabled() at every evaluation
 
     def condition(self, prompt, n):
         return torch.full((DIM,), float(prompt))  # mu
@@ -44,6 +54,7 @@ class GaussianDenoiser:
 
     def predict_x0(self, x_t, t, cond):
         self.nfe += x_t.shape[0]
+        self.grad_modes.add(torch.is_grad_enabled())
         a, s = self._alpha_sigma(t)
         gain = a * self.s0 ** 2 / (a * a * self.s0 ** 2 + s * s)
         return cond + gain * (x_t - a * cond)  # [B, DIM]
@@ -79,8 +90,70 @@ class FirstCoordinate:
         return scores
 
 
+class Uncounted:
+    """The toy without an NFE counter or default steps: only the `Denoiser` protocol itself."""
+
+    def __init__(self):
+        self.inner = GaussianDenoiser()
+        for name in ("condition", "timesteps", "noise", "step", "predict_x0", "renoise", "decode"):
+            setattr(self, name, getattr(self.inner, name))
+
+
+class SumOfSquares:
+    """A differentiable verifier: minus the squared norm, on outputs or on output tensors."""
+
+    name = "sum-of-squares"
+
+    def score(self, prompt, outputs):
+        return self.score_tensor(prompt, torch.stack(list(outputs)))
+
+    def score_tensor(self, prompt, x):
+        return -x.flatten(1).square().sum(1)  # [N]
+
+
 def test_toy_is_a_denoiser():
     assert isinstance(GaussianDenoiser(), Denoiser)
+
+
+def test_capabilities_are_protocols_checked_by_isinstance():
+    toy = GaussianDenoiser()
+    assert isinstance(toy, CountsNFE) and isinstance(toy, HasDefaultSteps)
+    assert not isinstance(toy, Describes) and not isinstance(toy, DecodesTensor)
+    bare = Uncounted()
+    assert isinstance(bare, Denoiser) and not isinstance(bare, CountsNFE) and not isinstance(bare, HasDefaultSteps)
+    assert isinstance(SumOfSquares(), DifferentiableVerifier) and isinstance(SumOfSquares(), Verifier)
+    assert not isinstance(FirstCoordinate(), DifferentiableVerifier)
+    x = torch.ones(2, DIM, requires_grad=True)
+    SumOfSquares().score_tensor(None, x).sum().backward()
+    assert torch.equal(x.grad, torch.full((2, DIM), -2.0))
+
+
+def test_a_denoiser_without_counter_or_defaults_gets_rows_times_steps_and_twenty_steps():
+    res = noise_random(Uncounted(), 0.0, FirstCoordinate(), n=3, seed=0)
+    assert res.config["steps"] == 20 and res.compute.nfe == 3 * 20
+    paths = noise_paths(Uncounted(), 0.0, FirstCoordinate(), n=2, seed=0, steps=6, branches=2)
+    assert paths.compute.nfe == paths_nfe(2, 2, 6, paths.config["start"], 1, 2)
+    assert res.config["model"] == "Uncounted" and "model_info" not in res.config
+
+
+@pytest.mark.parametrize("strategy", ["sample", "best-of-n", "noise-random", "noise-zero-order", "noise-paths"])
+def test_strategies_run_their_denoising_without_gradients_and_record_no_diversity(strategy):
+    model = GaussianDenoiser()
+    options = {"n": 2, "seed": 0, "steps": 3}
+    if strategy == "noise-paths":
+        options["steps"] = 4
+    res = get_strategy(strategy)(model, 0.0, FirstCoordinate(), **options)
+    assert model.grad_modes == {False}
+    assert "diversity" not in res.config  # a modality's measure; the SDK adds it
+
+
+def test_compute_counts_backward_passes_in_sums_and_json():
+    total = Compute(nfe=4, backward_passes=2)
+    total += Compute(backward_passes=3, seconds=0.5)
+    assert total.backward_passes == 5 and total.nfe == 4
+    assert (total + Compute(backward_passes=1)).backward_passes == 6
+    assert total.to_dict() == {"model_calls": 0, "draft_calls": 0, "tokens": 0, "nfe": 4, "verifier_calls": 0,
+                               "backward_passes": 5, "seconds": 0.5}
 
 
 def test_strategies_are_registered_by_their_cli_names():
