@@ -19,6 +19,7 @@ from typing import Any
 
 from ponder.errors import ConfigError
 from ponder.search.core import Compute, Result, Verifier
+from ponder.search.core.capabilities import display_name
 from ponder.search.scaling.best_of_n import vote_by_answer
 from ponder.search.scaling.common import (
     answer_function,
@@ -75,7 +76,7 @@ def adaptive(model, prompt: Any, verifier: Verifier | None = None, *, n: int, se
         best = max(candidates, key=lambda c: (c.score, -c.meta["index"]))
     else:
         best, _ = majority_pick(candidates, extract)
-    config.update({"strategy": "adaptive", "verifier": getattr(verifier, "name", None), "confidence": confidence,
+    config.update({"strategy": "adaptive", "verifier": display_name(verifier, None), "confidence": confidence,
                    "samples_used": len(candidates)})
     return finish(best, candidates, compute, config, abstain_below)
 

@@ -4,6 +4,7 @@ counted."""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Candidate, Compute, Denoiser, Verifier, candidate_generators, candidate_seed
+from ponder.search.core.capabilities import AnswerExtractor, LengthChecked, display_name
 
 
 def checked_sampling(sampling: SamplingParams) -> SamplingParams:
@@ -20,6 +22,15 @@ def checked_sampling(sampling: SamplingParams) -> SamplingParams:
         return sampling.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def decoder_name(decoder: str | Callable) -> str:
+    """What configs record for a decoder: its registry name, a decoder function's own name, else "custom"."""
+    if isinstance(decoder, str):
+        return decoder
+    if isinstance(decoder, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return decoder.__name__
+    return "custom"
 
 
 def check_n(n: int) -> None:
@@ -63,7 +74,7 @@ def decode_candidates(
     decode_fn = get_decoder(decoder) if isinstance(decoder, str) else decoder
     indices = list(range(n)) if indices is None else list(indices)
     prompt_ids = model.encode(prompt)
-    if hasattr(model, "check_length"):
+    if isinstance(model, LengthChecked):
         model.check_length(len(prompt_ids), max_new_tokens)
     generators = candidate_generators(seed, indices)
     decoded = decode_fn(model, [prompt_ids] * len(indices), sampling=sampling, max_new_tokens=max_new_tokens,
@@ -84,12 +95,12 @@ def decode_candidates(
             },
         ))
     config = {
-        "model": getattr(model, "name", type(model).__name__),
+        "model": display_name(model, type(model).__name__),
         "prompt": prompt,
         "n": n,
         "seed": seed,
-        "decoder": decoder if isinstance(decoder, str) else getattr(decoder, "__name__", "custom"),
-        "draft": getattr(draft, "name", None),
+        "decoder": decoder_name(decoder),
+        "draft": display_name(draft, None),
         "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                      "min_p": sampling.min_p},
         "max_new_tokens": max_new_tokens,
@@ -110,7 +121,7 @@ def decode_and_score(model, prompt: Any, verifier: Verifier | None, *, n: int, s
     for c in candidates:
         if c.score is not None:
             c.meta["verifier_score"] = c.score
-    config.update({"strategy": strategy, "verifier": getattr(verifier, "name", None)})
+    config.update({"strategy": strategy, "verifier": display_name(verifier, None)})
     return candidates, compute, config
 
 
@@ -133,12 +144,13 @@ def require_verifier(verifier: Verifier | None, strategy: str) -> Verifier:
 
 
 def answer_function(model, answer_fn: Callable | None = None) -> Callable[[Any], Any]:
-    """How to read a final answer from an output: `answer_fn`, else the model's `extract_answer`."""
-    fn = answer_fn or getattr(model, "extract_answer", None)
-    if fn is None:
+    """How to read a final answer from an output: `answer_fn`, else the model's (an `AnswerExtractor`)."""
+    if answer_fn is not None:
+        return answer_fn
+    if not isinstance(model, AnswerExtractor):
         raise ConfigError(f"voting needs final answers: {type(model).__name__} has no extract_answer; "
                           "pass answer_fn=")
-    return fn
+    return model.extract_answer
 
 
 def check_threshold(name: str, value: Any) -> float | None:

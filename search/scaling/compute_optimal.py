@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.search.core import Compute, Result, Verifier
+from ponder.search.core import Compute, ProcessVerifier, Result, Verifier
+from ponder.search.core.capabilities import display_name
 from ponder.search.scaling.best_of_n import pick_best, pick_weighted
 from ponder.search.scaling.common import (
     answer_function,
@@ -96,7 +97,7 @@ def compute_optimal(model, prompt: Any, verifier: Verifier | None = None, *, n: 
         mean = sum(c.score for c in probes) / probe
         level = difficulty_level(mean, bins)
         chosen = policy[level]
-        if chosen in STEP_SEARCH and not callable(getattr(verifier, "score_steps", None)):
+        if chosen in STEP_SEARCH and not isinstance(verifier, ProcessVerifier):
             chosen = "weighted-best-of-n"
         for c in probes:
             c.meta["probe"] = True
@@ -123,7 +124,7 @@ def compute_optimal(model, prompt: Any, verifier: Verifier | None = None, *, n: 
                 c.meta["index"] = probe + i
             candidates = probes + sub.candidates
             best = sub.best or pick_best(candidates)
-    config.update({"strategy": "compute-optimal", "verifier": getattr(verifier, "name", None), "probe": probe,
+    config.update({"strategy": "compute-optimal", "verifier": display_name(verifier, None), "probe": probe,
                    "difficulty_score": round(mean, 6), "difficulty_level": level, "chosen": chosen,
                    "bins": list(bins), "policy": {str(k): v for k, v in sorted(policy.items())}})
     return finish(best, candidates, compute, config, abstain_below)

@@ -18,7 +18,8 @@ import torch
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams, generator_seed, make_generators
 from ponder.search.core import Candidate, Compute, ProcessVerifier, Verifier
-from ponder.search.scaling.common import check_n, checked_sampling
+from ponder.search.core.capabilities import LengthChecked, SteppedModel, display_name
+from ponder.search.scaling.common import check_n, checked_sampling, decoder_name
 
 StepEnd = Callable[[list[int]], bool]  # (token ids of the step so far) -> has the step ended?
 
@@ -43,9 +44,9 @@ class Partial:
 def require_process_verifier(verifier: Verifier | None, strategy: str) -> ProcessVerifier:
     if verifier is None:
         raise ConfigError(f"strategy {strategy!r} needs a process verifier (e.g. --verifier prm)")
-    if not callable(getattr(verifier, "score_steps", None)):
+    if not isinstance(verifier, ProcessVerifier):
         raise ConfigError(f"strategy {strategy!r} scores partial solutions and needs a process verifier "
-                          f"(with score_steps, e.g. prm or self); {getattr(verifier, 'name', verifier)!r} "
+                          f"(with score_steps, e.g. prm or self); {display_name(verifier, verifier)!r} "
                           "only scores finished outputs")
     return verifier
 
@@ -70,10 +71,10 @@ def check_beams(n: int, beam_width: int, strategy: str) -> int:
 
 
 def default_step_end(model) -> StepEnd:
-    fn = getattr(model, "is_step_end", None)
-    if fn is None:
+    """The model's own step rule (a `SteppedModel`), or a ConfigError asking for `step_end=`."""
+    if not isinstance(model, SteppedModel):
         raise ConfigError(f"{type(model).__name__} does not define steps (is_step_end); pass step_end=")
-    return fn
+    return model.is_step_end
 
 
 class Stepper:
@@ -99,13 +100,13 @@ class Stepper:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         self.model, self.prompt, self.seed, self.compute = model, prompt, seed, compute
         self.decode_fn = get_decoder(decoder) if isinstance(decoder, str) else decoder
-        self.decoder_name = decoder if isinstance(decoder, str) else getattr(decoder, "__name__", "custom")
+        self.decoder_name = decoder_name(decoder)
         self.draft, self.sampling = draft, checked_sampling(sampling or SamplingParams())
         self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens or max_new_tokens
         self.user_stop, self.step_end = stop, step_end or default_step_end(model)
         self.decoder_options = decoder_options
         self.prompt_ids = list(model.encode(prompt))
-        if hasattr(model, "check_length"):
+        if isinstance(model, LengthChecked):
             model.check_length(len(self.prompt_ids), max_new_tokens)
         self.rounds = 0
 
@@ -170,9 +171,9 @@ class Stepper:
     def config(self, strategy: str, n: int, verifier, **extra) -> dict:
         s = self.sampling
         return {
-            "strategy": strategy, "model": getattr(self.model, "name", type(self.model).__name__),
+            "strategy": strategy, "model": display_name(self.model, type(self.model).__name__),
             "prompt": self.prompt, "n": n, "seed": self.seed, "decoder": self.decoder_name,
-            "draft": getattr(self.draft, "name", None), "verifier": getattr(verifier, "name", None),
+            "draft": display_name(self.draft, None), "verifier": display_name(verifier, None),
             "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p},
             "max_new_tokens": self.max_new_tokens, "decoder_options": dict(self.decoder_options),
             "rounds": self.rounds, **extra}

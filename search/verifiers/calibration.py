@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ponder.search.core import Compute
+from ponder.search.core.capabilities import display_name
 
 
 def quantile_scores(scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ class Calibrated:
 
     def __init__(self, verifier: Any, reference: Callable[[Any], Sequence[Any]], name: str | None = None):
         self.verifier, self.reference = verifier, reference
-        self.name = name or f"calibrated-{getattr(verifier, 'name', 'verifier')}"
+        self.name = name or f"calibrated-{display_name(verifier, 'verifier')}"
         self.compute = Compute()
         self._cache: dict[Any, torch.Tensor] = {}
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from ponder.errors import ConfigError
+from ponder.search.core import ProcessVerifier
+from ponder.search.core.capabilities import display_name
 
 METHODS = ("mean", "rank")
 
@@ -45,7 +47,7 @@ class Ensemble:
                               f"sum, got {weights}")
         self.verifiers, self.method = list(verifiers), method
         self.weights = torch.tensor(weights) / sum(weights)
-        self.name = name or "+".join(getattr(v, "name", "?") for v in verifiers)
+        self.name = name or "+".join(display_name(v, "?") for v in verifiers)
 
     def _combine(self, per_member: list[torch.Tensor]) -> torch.Tensor:
         stacked = torch.stack([ranks(s) if self.method == "rank" else s.float() for s in per_member])  # [V, N]
@@ -68,8 +70,8 @@ class ProcessEnsemble(Ensemble):
 
 def ensemble(verifiers: Sequence[Any], weights: Sequence[float] | None = None, method: str = "rank",
              name: str | None = None) -> Ensemble:
-    """A `ProcessEnsemble` when every member has ``score_steps``, else an `Ensemble`."""
-    cls = ProcessEnsemble if all(callable(getattr(v, "score_steps", None)) for v in verifiers) else Ensemble
+    """A `ProcessEnsemble` when every member is a `ProcessVerifier`, else an `Ensemble`."""
+    cls = ProcessEnsemble if all(isinstance(v, ProcessVerifier) for v in verifiers) else Ensemble
     return cls(verifiers, weights, method, name)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ponder.search.core.capabilities import OutputEncoder, PaddedModel
+
 
 class SelfEvaluation:
     """Inverse perplexity of each output under `model` (a `SequenceModel`)."""
@@ -24,9 +26,8 @@ class SelfEvaluation:
         self.model, self.name = model, name
 
     def _output_ids(self, prompt: Any, output: Any, prompt_ids: list[int]) -> list[int]:
-        hook = getattr(self.model, "encode_output", None)
-        if hook is not None:
-            return list(hook(prompt, output))
+        if isinstance(self.model, OutputEncoder):
+            return list(self.model.encode_output(prompt, output))
         if not output:
             return []
         full = list(self.model.encode(prompt + output))
@@ -39,7 +40,7 @@ class SelfEvaluation:
     @torch.inference_mode()
     def mean_logprobs(self, prompt: Any, outputs: Sequence[Any]) -> list[float | None]:
         """Mean token log-probability per output (None for an empty output)."""
-        from ponder.search.decoding.plain import prefill_shared
+        from ponder.search.decoding.outputs import prefill_shared
 
         prompt_ids = list(self.model.encode(prompt))
         rows = [self._output_ids(prompt, o, prompt_ids) for o in outputs]
@@ -48,7 +49,7 @@ class SelfEvaluation:
         if not live:
             return out
         width = max(len(rows[i]) for i in live)
-        pad = getattr(self.model, "pad_token_id", 0)
+        pad = self.model.pad_token_id if isinstance(self.model, PaddedModel) else 0
         ids = torch.full((len(live), width), pad, dtype=torch.long)  # [B, L] right-padded
         for b, i in enumerate(live):
             ids[b, : len(rows[i])] = torch.tensor(rows[i])
