@@ -307,3 +307,33 @@ class DifferentiableVerifier(Verifier, Protocol):
 
 
 StreamCallback = Callable[[int, int], None]  # (row, token id) for every emitted token
+
+
+# ---- capabilities beyond these protocols: search/core/capabilities.py (it builds on `Named` above) ----
+
+from ponder.search.core.capabilities import (  # noqa: E402
+    AnswerExtractor,
+    HiddenStateModel,
+    LayerSkippingModel,
+    LengthChecked,
+    MaskedDecoder,
+    MaskedModel,
+    MedusaDraft,
+    OnDevice,
+    OutputEncoder,
+    PaddedModel,
+    RowImageModel,
+    RowRollbackCache,
+    SteppedModel,
+    TokenizedModel,
+    TreeCache,
+    VerifiedHook,
+    Vocabulary,
+    device_of,
+    display_name,
+)
+
+__all__ += ["AnswerExtractor", "HiddenStateModel", "LayerSkippingModel", "LengthChecked", "MaskedDecoder",
+            "MaskedModel", "MedusaDraft", "OnDevice", "OutputEncoder", "PaddedModel", "RowImageModel",
+            "RowRollbackCache", "SteppedModel", "TokenizedModel", "TreeCache", "VerifiedHook", "Vocabulary",
+            "device_of", "display_name"]

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from ponder.search.core import Named
+
 if TYPE_CHECKING:
     from ponder.kernels.sampling import SamplingParams
     from ponder.search.core import Decoded
@@ -32,7 +34,6 @@ __all__ = [
     "MaskedDecoder",
     "MaskedModel",
     "MedusaDraft",
-    "Named",
     "OnDevice",
     "OutputEncoder",
     "PaddedModel",
@@ -51,15 +52,9 @@ __all__ = [
 # ---- names and placement --------------------------------------------------------------------------
 
 
-@runtime_checkable
-class Named(Protocol):
-    """Has a display name, shown in configs and error messages."""
-
-    name: str
-
-
 def display_name(obj: Any, default: Any = "model") -> Any:
-    """`obj.name` when `obj` is `Named`, else `default`: the one way search names what it was given."""
+    """`obj.name` when `obj` is `Named` (the core protocol), else `default`: the one way search names
+    what it was given in configs and error messages."""
     return obj.name if isinstance(obj, Named) else default
 
 
@@ -202,8 +197,9 @@ class MaskedModel(Protocol):
     """Predicts every masked position of a partially masked sequence at once, given its conditioning.
 
     A sequence is L ids; masked positions hold `mask_token_id`. `masked_logits` returns logits for
-    every position (the decoder reads the masked ones); rows are independent and the call does not
-    change the model, so a decoder may call it as often as its schedule needs.
+    every position (the decoder reads the masked ones); `cond` is what `condition(prompt)` returned,
+    shared by every row (candidates of one prompt). Rows are independent and the call keeps no state,
+    so a decoder may call it as often as its schedule needs.
     """
 
     mask_token_id: int

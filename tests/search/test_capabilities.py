@@ -13,7 +13,7 @@ from toys import FnVerifier, OutcomeOnly, ToyModel
 
 from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
-from ponder.search.core import ProcessVerifier, candidate_generators
+from ponder.search.core import Named, ProcessVerifier, candidate_generators
 from ponder.search.core.capabilities import (
     AnswerExtractor,
     HiddenStateModel,
@@ -21,7 +21,6 @@ from ponder.search.core.capabilities import (
     LengthChecked,
     MaskedModel,
     MedusaDraft,
-    Named,
     OnDevice,
     RowImageModel,
     RowRollbackCache,
