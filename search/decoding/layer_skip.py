@@ -184,7 +184,7 @@ def layer_skip(
     out = draft_and_verify(model, prompt_ids, make_proposer, accept=accept_drafts, sampling=sampling,
                            max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream, stats=stats)
     if stats is not None and proposers:
-        stats["skip"] = sorted(proposers[-1].best)  # rows run one at a time: the last row's set
+        stats["skip"] = sorted(proposers[-1].best)  # rows run one at a time each search: the last one's
     return out
 
 

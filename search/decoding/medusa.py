@@ -170,6 +170,7 @@ def medusa(
     for key, value in (("typical_epsilon", typical_epsilon), ("typical_delta", typical_delta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ConfigError(f"{key} must be in (0, 1), got {value!r}")
+
     def check(box):
         width = box["hidden"].shape[-1]
         if width != draft.hidden_size:
