@@ -1,11 +1,14 @@
 """The Gradio demo (`ponder demo`): generate with any strategy, verifier and decoder, and look inside.
 
-One tab per modality in `ponder.api.MODALITIES`, built by the same code for each, so a new
-modality shows up without touching this file. Each tab has a model picker (zoo names, or type a
-local folder), strategy / verifier / decoder pickers with their options, N and the seed; it shows
-the best output, every candidate with its score and seed (a table, plus a gallery when outputs are
-images), the `Compute` summary and a scaling plot (best score among the first N candidates), and a
-button that re-renders one candidate from its seed alone.
+One tab per registered modality (`ponder.modalities.registry`), built by the same code for each from
+the modality's spec, so a new modality shows up without touching this file. Each tab has a model
+picker (the modality's zoo models, or type a local folder), strategy / verifier / decoder pickers with
+their options, N and the seed; only the controls that apply to the loaded model are shown (token
+decoding settings for a sequence model, denoising steps for a diffusion model). It shows the best
+output as what it is (text, an image, an audio player; another kind by its one-line description),
+every candidate with its score and seed (a table, plus a gallery for images), the `Compute` summary
+and a scaling plot (best score among the first N candidates), and a button that re-renders one
+candidate from its seed alone.
 
 Generation runs through a queue with a concurrency limit; a model stays loaded between requests.
 Bad input shows a Gradio error with ponder's one-line message, never a traceback.
@@ -18,19 +21,14 @@ import os
 import threading
 from typing import Any
 
-from ponder.errors import ConfigError, PonderError
+from ponder.errors import ConfigError, PonderError, check_int
 
-# example prompts per modality (a modality without examples still gets its tab)
-EXAMPLE_PROMPTS: dict[str, list[str]] = {
-    "text": ["Q: 58+36-7*2\n", "Q: 12+7*3\n", "Q: 9*9-40\n"],
-    "image": ["7", "3", "0"],
-}
-DEFAULT_VERIFIER = {"text": "exact", "image": "classifier"}
-OPTION_HINTS = {"text": "{beam_width: 2} or {draft: zoo:arith-draft}", "image": "{steps: 10} or {step_size: 0.5}"}
-# image strategies whose candidates each come from their own seeded noise alone (re-render one by one)
-INDEPENDENT_IMAGE_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random")
+# strategies whose candidates each come from their own seeded noise alone (re-render one by one)
+INDEPENDENT_NOISE_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random")
 NO_VERIFIER = "none"
 MAX_N = 32
+# output kinds the demo shows in a widget of their own; any other kind is shown by its one-line description
+WIDGET_KINDS = ("text", "image", "audio")
 log = logging.getLogger("ponder.demos")
 
 
@@ -47,24 +45,32 @@ class DemoSession:
         self.cache = ModelCache()
         self.lock = threading.Lock()
 
-    def generate(self, modality: str, model: str, prompt: str, strategy: str, verifier: str | None, decoder: str,
-                 n: int, seed: int, temperature: float, max_new_tokens: int, options: dict) -> dict:
-        """One generation; returns ``Result.to_dict()`` plus the request (for re-rendering)."""
-        import ponder
-
-        request = {"modality": modality, "model": model, "prompt": prompt, "strategy": strategy,
-                   "verifier": verifier, "decoder": decoder, "n": n, "seed": seed, "temperature": temperature,
-                   "max_new_tokens": max_new_tokens, "options": options}
+    def load(self, modality: str, model: str, load_options: dict | None = None):
+        """The model (loaded once and kept between requests)."""
         with self.lock:
-            lm = self.cache.model_for(modality, model)
-            scorer = self.cache.verifier_for(modality, verifier, lm) if verifier else None
-            result = ponder.generate(lm, prompt, strategy=strategy, n=n, verifier=scorer, decoder=decoder, seed=seed,
-                                     temperature=temperature, max_new_tokens=max_new_tokens, **options)
-        payload = result.to_dict()
-        for shown, cand in zip([payload["best"], *payload["candidates"]], [result.best, *result.candidates]):
-            if shown is not None and not isinstance(cand.output, str):
-                shown["output"] = describe_output(cand.output)
-        return {"request": request, "result": result, **payload}
+            return self.cache.model_for(modality, model, load_options)
+
+    def is_denoiser(self, modality: str, model: str) -> bool:
+        """Whether `model` denoises (steps apply) rather than decodes tokens (sampling settings apply)."""
+        from ponder.search.core import Denoiser
+
+        return isinstance(self.load(modality, model), Denoiser)
+
+    def generate(self, request) -> dict:
+        """One generation of a validated `ponder.request.Request`; returns ``Result.to_dict()`` (outputs
+        that are not text described in one line) plus the request (for re-rendering) and the `Result`."""
+        import ponder
+        from ponder.jobs.outputs import payload_lines
+
+        with self.lock:
+            lm = self.cache.model_for(request.modality, request.model, request.load_options)
+            kwargs = request.generate_kwargs()
+            if request.verifier is not None:
+                kwargs["verifier"] = self.cache.verifier_for(request.modality, request.verifier, lm)
+            if request.draft is not None:
+                kwargs["draft"] = self.cache.draft_for(request.modality, request.draft)
+            result = ponder.generate(lm, request.prompt, **kwargs)
+        return {"request": request.to_dict(), "result": result, **payload_lines(result)}
 
     def rerender(self, state: dict, position: int) -> tuple[Any, str]:
         """Re-render candidate `position` of a previous generation from its seed.
@@ -76,7 +82,6 @@ class DemoSession:
         Returns:
             (the output, a line saying how it was re-rendered and whether it matches).
         """
-        import ponder
         from ponder.kernels.sampling import SamplingParams
         from ponder.search.core import candidate_seed
         from ponder.search.scaling import STEP_STRATEGIES, sample
@@ -86,59 +91,47 @@ class DemoSession:
         candidates = state["candidates"]
         if not isinstance(position, int) or not 0 <= position < len(candidates):
             raise ConfigError(f"candidate must be a row number from 0 to {len(candidates) - 1}, got {position!r}")
-        request, config, original = state["request"], state["config"], candidates[position]
+        from ponder.request import Request
+
+        request = Request(**state["request"])
+        config, original = state["config"], candidates[position]
         index = original["meta"].get("index")
         denoised = "steps" in config and "decoder" not in config  # a diffusion model's result
-        independent = (isinstance(index, int) and request["strategy"] not in STEP_STRATEGIES
-                       and (not denoised or request["strategy"] in INDEPENDENT_IMAGE_STRATEGIES)
+        independent = (isinstance(index, int) and request.strategy not in STEP_STRATEGIES
+                       and (not denoised or request.strategy in INDEPENDENT_NOISE_STRATEGIES)
                        and original["seed"] == candidate_seed(config["seed"], index))
-        with self.lock:
-            lm = self.cache.model_for(request["modality"], request["model"])
-            if independent and denoised:
-                result = sample(lm, request["prompt"], None, n=config["n"], seed=config["seed"], indices=[index],
-                                steps=config["steps"])
-                output, how = result.candidates[0].output, f"denoised alone from seed {original['seed']}"
-            elif independent:
-                result = sample(lm, request["prompt"], None, n=config["n"], seed=config["seed"], indices=[index],
-                                decoder=config["decoder"], sampling=SamplingParams(**config["sampling"]),
-                                max_new_tokens=config["max_new_tokens"])
-                output, how = result.candidates[0].output, f"decoded alone from seed {original['seed']}"
-            else:
-                scorer = self.cache.verifier_for(request["modality"], request["verifier"], lm) \
-                    if request["verifier"] else None
-                result = ponder.generate(lm, request["prompt"], strategy=request["strategy"], n=request["n"],
-                                         verifier=scorer, decoder=request["decoder"], seed=request["seed"],
-                                         temperature=request["temperature"],
-                                         max_new_tokens=request["max_new_tokens"], **request["options"])
-                output = result.candidates[position].output
-                how = f"re-ran the whole {request['strategy']} search (its candidates depend on each other)"
+        if independent:
+            lm = self.load(request.modality, request.model, request.load_options)
+            with self.lock:
+                if denoised:
+                    result = sample(lm, request.prompt, None, n=config["n"], seed=config["seed"], indices=[index],
+                                    steps=config["steps"])
+                    how = f"denoised alone from seed {original['seed']}"
+                else:
+                    result = sample(lm, request.prompt, None, n=config["n"], seed=config["seed"], indices=[index],
+                                    decoder=config["decoder"], sampling=SamplingParams(**config["sampling"]),
+                                    max_new_tokens=config["max_new_tokens"])
+                    how = f"decoded alone from seed {original['seed']}"
+            output = result.candidates[0].output
+        else:
+            output = self.generate(request)["result"].candidates[position].output
+            how = f"re-ran the whole {request.strategy} search (its candidates depend on each other)"
         same = _same_output(output, original["output"])
         return output, f"candidate {position}: {how}; identical to the original: {'yes' if same else 'NO'}"
 
 
 def _same_output(new: Any, old: Any) -> bool:
-    from ponder.search.core import to_jsonable
-
-    return (describe_output(new) if _is_image(new) else to_jsonable(new)) == old
-
-
-def _is_image(output: Any) -> bool:
-    from PIL import Image
-
-    return isinstance(output, Image.Image)
+    return describe_output(new) == old
 
 
 def describe_output(output: Any) -> Any:
-    """How the demo shows an output in tables and state: text as is; an image as its size, mode and a
-    digest of its pixels (so a re-render can be checked byte for byte)."""
-    if not _is_image(output):
-        from ponder.search.core import to_jsonable
+    """How the demo shows an output in tables and state: text as is; any other kind as its one-line
+    description (an image's size, mode and pixel digest, so a re-render can be checked byte for byte)."""
+    if isinstance(output, str):
+        return output
+    from ponder.modalities.registry import kind_of
 
-        return to_jsonable(output)
-    import hashlib
-
-    digest = hashlib.sha256(output.tobytes()).hexdigest()[:12]
-    return f"<image {output.width}x{output.height} {output.mode} sha256:{digest}>"
+    return kind_of(output).line(output)
 
 
 def parse_options(text: str) -> dict:
@@ -157,25 +150,32 @@ def parse_options(text: str) -> dict:
 
 
 def checked_request(modality: str, model: str, prompt: str, strategy: str, verifier: str, decoder: str, n: Any,
-                    seed: Any, temperature: Any, max_new_tokens: Any, options_text: str) -> tuple:
-    """The form's values, checked the way a job item is (no model is loaded for a bad request)."""
-    from ponder.jobs.spec import parse_job
+                    seed: Any, temperature: Any, max_new_tokens: Any, options_text: str, steps: Any = None):
+    """The form's values as a validated `ponder.request.Request` (no model is loaded for a bad request).
 
-    for name, value in (("n", n), ("seed", seed), ("max new tokens", max_new_tokens)):
-        if value is None or float(value) != int(value):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    The options box may hold strategy and decoder options and the modality's load and generate options
+    (e.g. ``{height: 32}`` for image diffusion), read as YAML."""
+    from ponder.request import request_from_item
+
+    n = check_int("n", _whole("n", n), maximum=MAX_N, what=f"candidates; the demo draws at most {MAX_N}")
     options = parse_options(options_text)
     verifier = None if not verifier or verifier == NO_VERIFIER else verifier
     if not model or not model.strip():
         raise ConfigError("pick a model: a zoo name or a local model folder")
-    item = {"id": "demo", "modality": modality, "model": model.strip(), "prompt": prompt, "strategy": strategy,
-            "verifier": verifier, "decoder": decoder, "n": int(n), "seed": int(seed),
-            "options": {**options, "temperature": float(temperature), "max_new_tokens": int(max_new_tokens)}}
-    parse_job({"items": [item]}, source="request")
-    if int(n) > MAX_N:
-        raise ConfigError(f"n is at most {MAX_N} in the demo, got {int(n)}")
-    return (modality, model.strip(), prompt, strategy, verifier, decoder, int(n), int(seed), float(temperature),
-            int(max_new_tokens), options)
+    fields = {"temperature": temperature, "max_new_tokens": _whole("max new tokens", max_new_tokens)}
+    if steps not in (None, "", 0):
+        fields["steps"] = _whole("steps", steps)
+    item = {"modality": modality, "model": model.strip(), "prompt": prompt, "strategy": strategy,
+            "verifier": verifier, "decoder": decoder, "n": n, "seed": _whole("seed", seed),
+            "options": {**options, **fields}}
+    return request_from_item(item).validate()
+
+
+def _whole(name: str, value: Any) -> int:
+    """A form number that must be whole (Gradio numbers arrive as floats)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def table_rows(payload: dict) -> list[list]:
@@ -233,21 +233,22 @@ def model_choices(modality: str) -> list[str]:
 
 
 def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> None:
-    from ponder import api
+    from ponder.modalities import registry
     from ponder.search.decoding import DECODERS, LOSSY
     from ponder.search.scaling import STRATEGIES
 
+    spec = registry.get(modality)
+    kind = spec.kind.name
     models = model_choices(modality)
-    examples = EXAMPLE_PROMPTS.get(modality, [])
+    examples = list(spec.examples)
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
-                                label="Model (zoo name, or type a local folder)")
+                                label="Model (zoo name, or type a local folder)", elem_id=f"model-{modality}")
             prompt = gr.Textbox(value=examples[0] if examples else "", lines=3, label="Prompt")
             with gr.Row():
                 strategy = gr.Dropdown(list(STRATEGIES), value="best-of-n", label="Strategy")
-                names = api.IMAGE_VERIFIER_NAMES if modality == "image" else api.VERIFIER_NAMES
-                verifier = gr.Dropdown([NO_VERIFIER, *names], value=DEFAULT_VERIFIER.get(modality, NO_VERIFIER),
+                verifier = gr.Dropdown([NO_VERIFIER, *spec.verifiers], value=spec.default_verifier or NO_VERIFIER,
                                        allow_custom_value=True, label="Verifier (or a folder)")
                 decoder = gr.Dropdown(list(DECODERS), value="plain",
                                       label=f"Decoder (LOSSY: {', '.join(sorted(LOSSY))})")
@@ -257,17 +258,24 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             with gr.Row():
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                 max_new_tokens = gr.Slider(1, 128, value=48, step=1, label="Max new tokens")
-            hint = OPTION_HINTS.get(modality, "{beam_width: 2}")
-            options = gr.Textbox(value="", label=f"Strategy / decoder options (YAML, e.g. {hint})")
+                steps = gr.Slider(0, 100, value=0, step=1, label="Denoising steps (0 = the model's)", visible=False)
+            options = gr.Textbox(value="", label=f"Strategy / decoder / {modality} options (YAML, e.g. "
+                                                 f"{spec.option_hint})")
+            model_info = gr.Markdown(elem_id=f"model-info-{modality}")
             run = gr.Button("Generate", variant="primary", elem_id=f"generate-{modality}")
             if examples:
                 gr.Examples([[e] for e in examples], inputs=[prompt], label="Example prompts")
         with gr.Column(scale=1):
-            best = gr.Textbox(label="Best output", lines=4, elem_id=f"best-{modality}")
+            best_text = gr.Textbox(label="Best output", lines=4, elem_id=f"best-{modality}",
+                                   visible=kind not in ("image", "audio"))
+            best_image = gr.Image(label="Best output", type="pil", format="png", elem_id=f"best-image-{modality}",
+                                  visible=kind == "image", interactive=False)
+            best_audio = gr.Audio(label="Best output", type="numpy", elem_id=f"best-audio-{modality}",
+                                  visible=kind == "audio", interactive=False)
             summary = gr.Markdown(elem_id=f"compute-{modality}")
             table = gr.Dataframe(headers=["#", "seed", "score", "output"], label="Candidates", wrap=True,
                                  interactive=False, elem_id=f"candidates-{modality}")
-            gallery = gr.Gallery(label="Candidates", visible=False)
+            gallery = gr.Gallery(label="Candidates", visible=False, format="png", elem_id=f"gallery-{modality}")
             plot = gr.LinePlot(x="N", y="best score", title="Best score vs N", label="Scaling",
                                elem_id=f"scaling-{modality}")
             with gr.Row():
@@ -277,51 +285,89 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             again_info = gr.Markdown()
     state = gr.State(None)
 
-    def on_generate(model_v, prompt_v, strategy_v, verifier_v, decoder_v, n_v, seed_v, temp_v, max_v, opts_v):
+    def on_model(model_v):
+        """Show only the controls that apply to the model: token settings or denoising steps."""
+        if not model_v or not str(model_v).strip():
+            return gr.update(), gr.update(), gr.update(), gr.update(), ""
+        try:
+            denoises = session.is_denoiser(modality, str(model_v).strip())
+        except Exception as err:
+            raise _as_gradio_error(err) from None
+        what = "a diffusion model: denoising steps apply" if denoises else "a sequence model: sampling settings apply"
+        return (gr.Dropdown(visible=not denoises), gr.Slider(visible=not denoises), gr.Slider(visible=not denoises),
+                gr.Slider(visible=denoises), f"`{model_v}` is {what}")
+
+    def on_generate(model_v, prompt_v, strategy_v, verifier_v, decoder_v, n_v, seed_v, temp_v, max_v, steps_v,
+                    opts_v):
         import pandas as pd
 
         try:
             request = checked_request(modality, model_v, prompt_v, strategy_v, verifier_v, decoder_v, n_v, seed_v,
-                                      temp_v, max_v, opts_v)
-            payload = session.generate(*request)
+                                      temp_v, max_v, opts_v, steps=steps_v)
+            if session.is_denoiser(request.modality, request.model):  # token settings do not apply
+                request.temperature, request.max_new_tokens = 1.0, 64
+            payload = session.generate(request)
         except Exception as err:
             raise _as_gradio_error(err) from None
         result = payload.pop("result")
+        best = result.best
         images = [(c.output, f"#{i}" + ("" if c.score is None else f" score {c.score:.3f}"))
-                  for i, c in enumerate(result.candidates) if not isinstance(c.output, str)]
-        best_out = payload["best"]["output"] if payload["best"] is not None else "(abstained)"
+                  for i, c in enumerate(result.candidates) if registry.kind_of(c.output).name == "image"]
+        shown = registry.kind_of(best.output).name if best is not None else "text"
+        line = payload["best"]["output"] if best is not None else "(abstained)"
         curve = pd.DataFrame(scaling_curve(payload), columns=["N", "best score"])
-        return (best_out if isinstance(best_out, str) else "(see the gallery)", compute_summary(payload),
-                table_rows(payload), gr.Gallery(value=images or None, visible=bool(images)), curve,
-                {k: v for k, v in payload.items()})
+        return (gr.Textbox(value=line, visible=shown not in ("image", "audio")),
+                gr.Image(value=best.output if shown == "image" else None, visible=shown == "image"),
+                gr.Audio(value=_audio_value(best.output) if shown == "audio" else None, visible=shown == "audio"),
+                compute_summary(payload), table_rows(payload), gr.Gallery(value=images or None, visible=bool(images)),
+                curve, {k: v for k, v in payload.items()})
 
     def on_rerender(state_v, which_v):
         try:
             output, info = session.rerender(state_v, int(which_v) if which_v is not None else -1)
         except Exception as err:
             raise _as_gradio_error(err) from None
-        return (output if isinstance(output, str) else str(describe_output(output))), info
+        return describe_output(output), info
 
-    inputs = [model, prompt, strategy, verifier, decoder, n, seed, temperature, max_new_tokens, options]
-    run.click(on_generate, inputs, [best, summary, table, gallery, plot, state], api_name=f"generate_{modality}",
-              concurrency_limit=concurrency, concurrency_id="ponder-model")
+    model.change(on_model, [model], [decoder, temperature, max_new_tokens, steps, model_info],
+                 api_name=f"model_{modality}", concurrency_id="ponder-model")
+    inputs = [model, prompt, strategy, verifier, decoder, n, seed, temperature, max_new_tokens, steps, options]
+    run.click(on_generate, inputs, [best_text, best_image, best_audio, summary, table, gallery, plot, state],
+              api_name=f"generate_{modality}", concurrency_limit=concurrency, concurrency_id="ponder-model")
     again.click(on_rerender, [state, which], [again_out, again_info], api_name=f"rerender_{modality}",
                 concurrency_limit=concurrency, concurrency_id="ponder-model")
+    return model, on_model, [decoder, temperature, max_new_tokens, steps, model_info]
+
+
+def _audio_value(audio) -> tuple[int, Any]:
+    """An audio output as Gradio's (sample rate, int16 samples [T] or [T, C]) for its player."""
+    import numpy as np
+
+    samples = audio.waveform
+    if hasattr(samples, "detach"):
+        samples = samples.detach().float().cpu().numpy()
+    samples = np.asarray(samples, dtype=np.float32)
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+    return int(audio.sample_rate), (pcm if pcm.ndim == 1 else pcm.T)
 
 
 def build_app(concurrency: int = 1, modalities: tuple[str, ...] | None = None):
-    """The demo as a `gradio.Blocks` (not launched)."""
-    from ponder import api
+    """The demo as a `gradio.Blocks` (not launched): one tab per registered modality (or `modalities`)."""
+    from ponder.modalities import registry
 
     gr = _gradio()
     session = DemoSession()
     with gr.Blocks(title="ponder demo", analytics_enabled=False) as app:
         gr.Markdown("## ponder — inference-time search\nPick a model, a strategy, a verifier and N; every "
                     "candidate comes back with its score, its seed and what it cost.")
+        tabs = []
         with gr.Tabs():
-            for modality in modalities or api.MODALITIES:
+            for modality in modalities or tuple(registry.names()):
+                registry.get(modality)  # an unregistered name is one clear error
                 with gr.Tab(modality.capitalize(), id=modality):
-                    _modality_tab(gr, session, modality, concurrency)
+                    tabs.append(_modality_tab(gr, session, modality, concurrency))
+        for model, on_model, outputs in tabs:  # the page opens with the controls of each tab's first model
+            app.load(on_model, [model], outputs)
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     return app
 

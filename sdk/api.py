@@ -10,157 +10,80 @@ from pathlib import Path
 from typing import Any
 
 from ponder import zoo
-from ponder.errors import ConfigError, ModelLoadError
+from ponder.errors import ConfigError
+from ponder.modalities import registry
+from ponder.request import (
+    as_stops,
+    check_generate,
+    check_load_options,
+    check_lossless,
+    check_options,
+    check_verifier_name,
+    check_zoo_model,
+    verifier_parts,
+)
 
-MODALITIES = ("text", "image")
+__all__ = ["check_lossless", "check_options", "generate", "load", "load_verifier", "text_stop"]
 
-
-def _check_modality(modality: str) -> None:
-    if modality not in MODALITIES:
-        raise ConfigError(f"unknown modality {modality!r}; available: {', '.join(MODALITIES)}")
+def __getattr__(name: str):
+    if name == "MODALITIES":  # the registered modalities, read on use (a plug-in's show up too)
+        return tuple(registry.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(modality: str, spec: str | Path, **options):
     """Load a model of `modality` from ``zoo:NAME`` or a local folder.
 
     Args:
-        modality: "text" or "image".
+        modality: a registered modality (``ponder.modalities.registry.names()``: text, image, ...).
         spec: ``zoo:NAME`` (see `ponder zoo list`) or a folder written by `save_pretrained`.
-        options: passed to the modality's loader (e.g. ``trust_remote_code=True``, ``dtype=``,
-            ``device=``; for diffusion images also ``sampler=``, ``guidance_scale=``, ``height=``,
-            ``width=``, ``steps=``; for AR images ``decoder=`` options of `ar.load_ar`).
+        options: passed to the modality's loader: ``trust_remote_code=True``, ``dtype=``, ``device=``
+            and the modality's own load options (its spec's `options`; for image diffusion e.g.
+            ``sampler=``, ``guidance_scale=``, ``height=``, ``width=``); an option of another
+            modality is one ConfigError naming whose it is.
     Returns:
-        A model object implementing the modality's protocol (`TextModel` for text; a `Denoiser` for a
-        diffusers pipeline folder, or a `SequenceModel` whose outputs are images, for image).
+        A model object implementing the modality's protocol (a `SequenceModel`, a `Denoiser`, ...).
     """
-    _check_modality(modality)
+    modality_spec = registry.get(modality)
+    options = check_load_options(modality_spec, options)
     spec = str(spec)
     name = None
     if spec.startswith("zoo:"):
-        entry = zoo.entry(spec)
-        if entry.modality != modality or entry.kind not in ("model", "draft"):
-            def a(word: str) -> str:
-                return ("an " if word[0] in "aeiou" else "a ") + word
-
-            raise ModelLoadError(f"zoo:{entry.name} is {a(entry.modality)} {entry.kind}, not {a(modality)} model")
+        check_zoo_model(spec, modality_spec.name)
         folder, name = zoo.folder(spec), spec
     else:
         folder = Path(spec)
-    if modality == "image":
-        from ponder.modalities.image import load as load_image
-
-        return load_image(folder, name=name or str(spec), **options)
-    from ponder.modalities.text import load as load_text
-
-    return load_text(folder, name=name or str(spec), **options)
-
-
-VERIFIER_NAMES = ("exact", "orm", "prm", "self", "ensemble")
-IMAGE_VERIFIER_NAMES = ("classifier", "clip", "aesthetic", "ensemble")
+    return modality_spec.load(folder, name=name or spec, **options)
 
 
 def load_verifier(modality: str, spec: str | Path, model=None, **options):
-    """A verifier by name, a comma-separated ensemble of names, or a local folder.
+    """A verifier of `modality` by name, a comma-separated ensemble of names, or a local folder.
 
-    Names: ``exact`` (the arith checker), ``orm`` / ``prm`` (zoo verifiers, ``zoo:`` optional),
-    ``self`` (the generator's own normalised likelihood; needs `model`), ``ensemble`` (orm + prm,
-    rank-averaged), or ``a,b,...`` (a rank-averaged ensemble of those). A folder holding a
-    sequence-classification model loads as an outcome verifier; a token-classification model as a
-    process verifier.
+    Names are the modality's (its spec's `verifiers`; for text ``exact``, ``orm``, ``prm``,
+    ``self``; for images ``classifier``, ``clip``, ``aesthetic``). ``ensemble`` stands for the
+    modality's default ensemble, ``a,b,...`` for a rank-averaged ensemble of those. A name of another
+    modality's verifier is one ConfigError saying what it scores.
     """
-    _check_modality(modality)
+    modality_spec = registry.get(modality)
     spec = str(spec)
-    if spec == "ensemble" or ("," in spec and not Path(spec).exists()):
+    parts = verifier_parts(modality_spec, spec)
+    if len(parts) > 1 or spec == "ensemble":
         from ponder.search.verifiers import ensemble
 
-        default = ["classifier", "aesthetic"] if modality == "image" else ["orm", "prm"]
-        names = default if spec == "ensemble" else [s.strip() for s in spec.split(",") if s.strip()]
-        return ensemble([load_verifier(modality, name, model=model, **options) for name in names], name=spec)
-    if modality == "image":
-        return _image_verifier(spec, **options)
-    if spec == "self":
-        if model is None:
-            raise ConfigError("the self verifier scores with the generating model; pass model=")
-        from ponder.search.verifiers import SelfEvaluation
-
-        return SelfEvaluation(model)
-    _check_modality(modality)
-    from ponder.modalities.text import verifiers
-
-    key = str(spec).removeprefix("zoo:")
-    if key == "exact":
-        return verifiers.ExactArithVerifier()
-    if key in ("orm", "prm") and not Path(str(spec)).is_dir():
-        folder = zoo.folder(key)
-        cls = verifiers.OutcomeVerifier if key == "orm" else verifiers.ProcessVerifier
-        return cls.from_folder(folder, name=key, **options)
-    folder = Path(str(spec))
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"unknown verifier {str(spec)!r}; use one of {', '.join(VERIFIER_NAMES)}, "
-                          "a comma-separated list of them, or a local verifier folder")
-    import json
-
-    archs = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
-    if archs[0].endswith("ForTokenClassification"):
-        return verifiers.ProcessVerifier.from_folder(folder, name=folder.name, **options)
-    if archs[0].endswith("ForSequenceClassification"):
-        return verifiers.OutcomeVerifier.from_folder(folder, name=folder.name, **options)
-    raise ConfigError(f"verifier folder {str(folder)!r} holds a {archs[0] or 'model of unknown class'}; "
-                      "expected a *ForSequenceClassification (outcome) or *ForTokenClassification (process)")
-
-
-def _image_verifier(spec: str, **options):
-    """An image verifier (see `ponder.modalities.image.verifiers.load_image_verifier`); text-only names
-    are one clear error."""
-    key = spec.removeprefix("zoo:")
-    if key in VERIFIER_NAMES and not Path(spec).is_dir():
-        raise ConfigError(f"verifier {spec!r} scores text, not images; image verifiers: "
-                          f"{', '.join(IMAGE_VERIFIER_NAMES)}, a comma-separated list of them, or a local "
-                          "image-classifier or CLIP folder")
-    if not Path(spec).is_dir() and key in zoo.ZOO and zoo.entry(key).modality != "image":
-        raise ConfigError(f"zoo:{key} is a {zoo.entry(key).modality} {zoo.entry(key).kind}; it cannot score images")
-    if not Path(spec).is_dir() and key not in IMAGE_VERIFIER_NAMES and key not in zoo.ZOO:
-        raise ConfigError(f"unknown image verifier {spec!r}; use one of {', '.join(IMAGE_VERIFIER_NAMES)}, a "
-                          "comma-separated list of them, or a local image-classifier or CLIP folder")
-    if key == "clip" and "clip" not in zoo.ZOO:
-        raise ConfigError("the clip verifier needs CLIP weights: pass a local CLIPModel folder as the verifier "
-                          "(--verifier PATH)")
-    from ponder.modalities.image.verifiers import load_image_verifier
-
-    return load_image_verifier(spec, zoo_folder=zoo.folder, **options)
-
-
-# options every strategy passes through to its decoder (or the step-level machinery)
-DECODING_OPTIONS = frozenset({"decoder", "draft", "sampling", "max_new_tokens", "stop", "stream", "step_end",
-                              "max_step_tokens"})
-
-
-def check_options(strategy: str, strategy_fn: Callable, decoder: str, options: dict) -> None:
-    """ConfigError naming any option that neither the strategy nor the decoder takes."""
-    import inspect
-
-    from ponder.search.decoding import get_decoder
-
-    def named(fn) -> set[str]:
-        params = inspect.signature(fn).parameters.values()
-        return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
-
-    allowed = named(strategy_fn) - {"model", "prompt", "verifier", "n", "seed"}
-    if isinstance(decoder, str):
-        allowed |= named(get_decoder(decoder)) - {"model", "prompt_ids", "generators"} - DECODING_OPTIONS
-    unknown = sorted(set(options) - allowed - DECODING_OPTIONS)
-    if unknown:
-        raise ConfigError(f"strategy {strategy!r} does not take option(s) {', '.join(unknown)}; "
-                          f"it takes: {', '.join(sorted(allowed)) or 'none'}")
+        return ensemble([load_verifier(modality, part, model=model, **options) for part in parts], name=spec)
+    check_verifier_name(modality_spec, spec)
+    if modality_spec.load_verifier is None:
+        raise ConfigError(f"the {modality} modality has no verifiers")
+    return modality_spec.load_verifier(spec, model=model, **options)
 
 
 # strategies that run on a `Denoiser` (the rest read tokens or steps of text)
 DENOISER_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random", "noise-zero-order", "noise-paths")
 
 
-def _check_denoiser_use(model, strategy: str, decoder, draft, calibrate, steps) -> None:
-    """ConfigError for options that do not fit the model: token decoders, drafts and calibration on a
-    diffusion model; denoising steps or noise search on a token model."""
+def _check_model_fit(model, strategy: str, decoder, draft, calibrate, steps) -> None:
+    """ConfigError for options that do not fit the loaded model: token decoders, drafts and calibration
+    on a diffusion model; denoising steps or noise search on a token model."""
     from ponder.search.core import Denoiser
 
     key = strategy.replace("_", "-") if isinstance(strategy, str) else strategy
@@ -254,29 +177,23 @@ def generate(
     Returns:
         `ponder.search.core.Result`.
     """
-    from ponder.kernels.sampling import SamplingParams
+    from ponder.request import check_sampling
     from ponder.search.core import Denoiser
-    from ponder.search.scaling import get_strategy
-    from ponder.search.scaling.common import checked_sampling
 
-    modality = getattr(model, "modality", None)
-    if modality not in MODALITIES:
-        raise ConfigError(f"generate needs a model from ponder.load(...), got {type(model).__name__}")
-    strategy_fn = get_strategy(strategy)
+    spec = registry.of_model(model)
+    modality = spec.name
     steps = options.pop("steps", None)
-    _check_denoiser_use(model, strategy, decoder, draft, calibrate, steps)
-    check_options(strategy, strategy_fn, decoder, options)
-    lossy = check_lossless(decoder, options, lossless)
+    strategy_fn, lossy = check_generate(spec, strategy=strategy, n=n, decoder=decoder, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens,
+                                        calibrate=calibrate, has_verifier=verifier is not None, steps=steps,
+                                        lossless=lossless, options=options)
+    _check_model_fit(model, strategy, decoder, draft, calibrate, steps)
     if steps is not None:
         options["steps"] = steps
-    sampling = checked_sampling(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
+    sampling = check_sampling(temperature, top_k, top_p, min_p)
     if isinstance(verifier, (str, Path)):
         verifier = load_verifier(modality, verifier, model=model)
     if calibrate is not None:
-        if not isinstance(calibrate, int) or isinstance(calibrate, bool) or calibrate <= 0:
-            raise ConfigError(f"calibrate must be a positive number of reference samples, got {calibrate!r}")
-        if verifier is None:
-            raise ConfigError("calibrate needs a verifier to calibrate")
         from ponder.search.verifiers import Calibrated
 
         verifier = Calibrated.against_model(verifier, model, m=calibrate, seed=seed + 1, sampling=sampling,
@@ -286,7 +203,7 @@ def generate(
     auto_choice = None
     if decoder == "auto":
         decoder, draft, auto_choice = _resolve_auto(model, draft, n, sampling, options)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stops = as_stops(stop)
     token_stream = None
     if stream is not None:
         seen: dict[int, list[int]] = {}
@@ -322,28 +239,13 @@ def generate(
                 c.output = _cut_at_stop(c.output, stops)
         result.config["stop"] = stops
     result.config["modality"] = modality
+    outputs = [c.output for c in result.candidates]
+    if spec.diversity is not None and len(outputs) > 1:
+        result.config["diversity"] = spec.diversity(outputs)
     result.config["lossy"] = lossy
     if auto_choice is not None:
         result.config["auto"] = auto_choice
     return result
-
-
-def check_lossless(decoder, options: dict, lossless: bool) -> bool:
-    """Whether `decoder` with `options` is lossy; ConfigError when it is and `lossless` was asked."""
-    from ponder.search.decoding import DECODERS, LOSSY, LOSSY_OPTIONS, is_lossy
-
-    if not isinstance(decoder, str):
-        return False
-    lossy = is_lossy(decoder, options)
-    if lossy and lossless:
-        if decoder not in LOSSY:  # lossless decoder, lossy option
-            option, value = LOSSY_OPTIONS[decoder]
-            raise ConfigError(f"decoder {decoder!r} with {option}={value!r} is lossy (its output is not distributed "
-                              f"as plain sampling's) and --lossless / lossless=True refuses it; drop {option}")
-        allowed = [name for name in DECODERS if not is_lossy(name)]
-        raise ConfigError(f"decoder {decoder!r} is lossy (its output is not distributed as plain sampling's) and "
-                          f"--lossless / lossless=True allows only lossless decoders: {', '.join(allowed)}")
-    return lossy
 
 
 def _resolve_auto(model, draft, n: int, sampling, options: dict):

@@ -14,13 +14,14 @@ from ponder.errors import ConfigError, PonderError
 
 
 def _positive_int(text: str) -> int:
+    from ponder.errors import check_int
+
     try:
-        value = int(text)
+        return check_int("the value", int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 STRATEGY_FLAGS = [
@@ -68,51 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate with a strategy, a verifier and a decoder")
-    gen.add_argument("modality", help="text | image")
-    gen.add_argument("--model", required=True, help="zoo:NAME or a local model folder")
-    gen.add_argument("--prompt", required=True, help="the prompt (use $'...' for newlines in bash)")
-    gen.add_argument("--strategy", default="sample",
-                     help="sample | best-of-n | weighted-best-of-n | worst-of-n | self-consistency | rpc | beam | "
-                          "dvts | diverse-beam | particles | compute-optimal | adaptive (default: sample)")
-    gen.add_argument("--n", type=int, default=1, help="number of candidates (default: 1)")
-    gen.add_argument("--verifier", default=None,
-                     help="exact | orm | prm | self | ensemble | a,b (ensemble of names) | a local verifier folder")
-    gen.add_argument("--decoder", default="plain",
-                     help="lossless: plain | speculative | spec-adaptive | prompt-lookup | tree | dyspec | rsd | "
-                          "spectr | token-recycling | aded | lookahead | jacobi | layer-skip | medusa; "
-                          "LOSSY (output not distributed as plain sampling's; refused by --lossless): bild | ead | "
-                          "medusa with --option acceptance=typical; auto: the fastest lossless decoder measured for "
-                          "this workload (speed history of `ponder bench speculative`, --option history=DIR) "
-                          "(default: plain)")
-    gen.add_argument("--lossless", action="store_true",
-                     help="refuse lossy decoders (bild, ead, medusa typical acceptance): one error, exit 2")
-    gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = off")
-    gen.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]; 0 = off")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    img = gen.add_argument_group("image diffusion models")
-    img.add_argument("--steps", type=int, default=None, help="denoising steps per sample (positive; default: the "
-                     "model's)")
-    img.add_argument("--size", default=None, metavar="HxW", help="image size in pixels, e.g. 32x32 or 32 (default: "
-                     "the model's; must be a multiple of its VAE / network factor)")
-    img.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (>= 1; 1 = off)")
-    img.add_argument("--sampler", default=None,
-                     help="ddim | euler | euler-karras | flow (default: the scheduler's kind)")
-    opts = gen.add_argument_group("strategy options (only the ones a strategy takes are allowed)")
-    for flag, kind, text in STRATEGY_FLAGS:
-        opts.add_argument(flag, type=kind, default=None, help=text)
-    opts.add_argument("--calibrate", type=int, default=None, metavar="M",
-                      help="score by the verifier's quantile among M of the model's own samples (InfAlign)")
-    opts.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                      help="any other strategy option (VALUE read as YAML: 3, 0.5, true, [1, 2], {1: beam})")
-    gen.add_argument("--trust-remote-code", action="store_true", help="allow custom model code in the folder")
-    gen.add_argument("--out", type=Path, default=None, help="write result.json and candidate files here")
-    gen.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_generate(sub)
 
     zoo = sub.add_parser("zoo", help="the zoo of tiny models ponder trains itself")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
@@ -124,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--out", type=Path, default=None, help="zoo folder to write into (default: the shipped one)")
     zt.add_argument("--smoke", action="store_true", help="tiny model, few steps: check the recipe end to end")
     zs = zsub.add_parser("sample", help="print problems of a zoo task with their answers")
-    zs.add_argument("name", help="arith")
+    zs.add_argument("name", help="a zoo task: " + " | ".join(_tasks()) if _tasks() else "a zoo task")
     zs.add_argument("--split", default="heldout", help="train | heldout")
     zs.add_argument("--count", type=_positive_int, default=5)
     zs.add_argument("--seed", type=int, default=0)
@@ -159,18 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_atomic(path: Path, data: str) -> None:
-    """Temp file in the same folder, fsync, rename: a reader never sees half a file."""
-    _write_atomic_bytes(path, data.encode())
-
-
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    from ponder.jobs.store import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
-
-
 def _quiet_transformers() -> None:
     """No weight-loading progress bars or advisory warnings on the CLI's stderr."""
     from transformers.utils import logging as hf_logging
@@ -179,113 +124,173 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _add_generate(sub) -> None:
+    """`ponder generate`: the common flags, then each registered modality's own (help read from the
+    strategy, decoder and verifier registries and the modality specs, so it never falls behind)."""
+    from ponder.modalities import registry
+    from ponder.search.decoding import DECODERS, LOSSY, LOSSY_OPTIONS, is_lossy
+    from ponder.search.scaling import NOISE_STRATEGIES, STRATEGIES
+
+    specs = registry.specs()
+    gen = sub.add_parser("generate", help="generate with a strategy, a verifier and a decoder")
+    gen.add_argument("modality", help=" | ".join(specs))
+    gen.add_argument("--model", required=True, help="zoo:NAME or a local model folder")
+    gen.add_argument("--prompt", required=True, help="the prompt (use $'...' for newlines in bash)")
+    token_strategies = [name for name in STRATEGIES if name not in NOISE_STRATEGIES]
+    gen.add_argument("--strategy", default="sample",
+                     help=f"{' | '.join(token_strategies)}; diffusion models: {' | '.join(NOISE_STRATEGIES)} "
+                          "(and sample, best-of-n, worst-of-n) (default: sample)")
+    gen.add_argument("--n", type=int, default=1, help="number of candidates (default: 1)")
+    verifiers = "; ".join(f"{s.name}: {' | '.join(s.verifiers)}" for s in specs.values() if s.verifiers)
+    gen.add_argument("--verifier", default=None,
+                     help=f"{verifiers}; or a,b (an ensemble of names) or a local verifier folder")
+    lossless = [name for name in DECODERS if not is_lossy(name)]
+    lossy_options = "; ".join(f"{d} with --option {o}={v}" for d, (o, v) in LOSSY_OPTIONS.items())
+    gen.add_argument("--decoder", default="plain",
+                     help=f"lossless: {' | '.join(lossless)}; LOSSY (output not distributed as plain sampling's; "
+                          f"refused by --lossless): {' | '.join(sorted(LOSSY))}"
+                          + (f"; {lossy_options}" if lossy_options else "")
+                          + "; auto: the fastest lossless decoder measured for this workload (speed history of "
+                            "`ponder bench speculative`, --option history=DIR) (default: plain)")
+    gen.add_argument("--lossless", action="store_true",
+                     help=f"refuse lossy decoders ({', '.join(sorted(LOSSY))} and lossy options): one error, exit 2")
+    gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]; 1 = off")
+    gen.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]; 0 = off")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    gen.add_argument("--steps", type=int, default=None,
+                     help="denoising steps per sample, for diffusion models (positive; default: the model's)")
+    seen: dict[str, list[str]] = {}
+    for spec in specs.values():
+        for option in spec.options:
+            seen.setdefault(option.cli_flag, []).append(spec.name)
+    groups: dict[tuple[str, ...], object] = {}
+    added: set[str] = set()
+    for spec in specs.values():
+        for option in spec.options:
+            flag = option.cli_flag
+            if flag in added:
+                continue
+            added.add(flag)
+            owners = tuple(seen[flag])
+            if owners not in groups:
+                groups[owners] = gen.add_argument_group(f"{' and '.join(owners)} options")
+            dest = "opt_" + flag[2:].replace("-", "_")
+            if option.type is bool:
+                groups[owners].add_argument(flag, dest=dest, action="store_true", default=None, help=option.help)
+            else:
+                groups[owners].add_argument(flag, dest=dest, default=None, help=option.help,
+                                            metavar=option.metavar or option.name.upper())
+    opts = gen.add_argument_group("strategy options (only the ones a strategy takes are allowed)")
+    for flag, kind, text in STRATEGY_FLAGS:
+        opts.add_argument(flag, type=kind, default=None, help=text)
+    opts.add_argument("--calibrate", type=int, default=None, metavar="M",
+                      help="score by the verifier's quantile among M of the model's own samples (InfAlign)")
+    opts.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="any other strategy option (VALUE read as YAML: 3, 0.5, true, [1, 2], {1: beam})")
+    gen.add_argument("--trust-remote-code", action="store_true", help="allow custom model code in the folder")
+    gen.add_argument("--out", type=Path, default=None, help="write result.json and candidate files here")
+    gen.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def _modality_options(args, spec) -> tuple[dict, dict]:
+    """The modality flags given, as (load options, generate options); a flag of another modality is one
+    ConfigError naming whose it is."""
+    from ponder.modalities import registry
+
+    load, generate = {}, {}
+    mine = {o.cli_flag: o for o in spec.options}
+    for other in registry.specs().values():
+        for option in other.options:
+            flag = option.cli_flag
+            value = getattr(args, "opt_" + flag[2:].replace("-", "_"), None)
+            if value is None or (flag in mine and mine[flag] is not option):
+                continue
+            if flag not in mine:
+                owners = [s.name for s in registry.specs().values() if flag in {o.cli_flag for o in s.options}]
+                raise ConfigError(f"{flag} is an option of {' and '.join(owners)} models, not {spec.name!r}")
+            keywords = {option.name: True} if option.type is bool else option.from_cli(value)
+            (load if option.stage == "load" else generate).update(keywords)
+    return load, generate
+
+
+def _request(args):
+    from ponder.modalities import registry
+    from ponder.request import Request
+
+    spec = registry.get(args.modality)
+    load_options, generate_options = _modality_options(args, spec)
+    if args.trust_remote_code:
+        load_options["trust_remote_code"] = True
+    request = Request(modality=spec.name, model=args.model, prompt=args.prompt, strategy=args.strategy, n=args.n,
+                      verifier=args.verifier, decoder=args.decoder, draft=args.draft, seed=args.seed,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                      max_new_tokens=args.max_new_tokens, stop=list(args.stop or []), calibrate=args.calibrate,
+                      steps=args.steps, lossless=args.lossless, load_options=load_options,
+                      options={**_strategy_options(args), **generate_options})
+    try:
+        return request.validate()
+    except ConfigError as err:  # name the flag the user typed: "--n must be ...", not "n must be ..."
+        field, sep, rest = str(err).partition(" must ")
+        if sep and field in REQUEST_FLAGS:
+            raise ConfigError(f"{REQUEST_FLAGS[field]} must {rest}") from None
+        raise
+
+
+# request fields whose messages the CLI words with the flag the user typed
+REQUEST_FLAGS = {name: "--" + name.replace("_", "-") for name in
+                 ("n", "seed", "temperature", "top_k", "top_p", "min_p", "max_new_tokens", "calibrate", "steps")}
+
+
 def cmd_generate(args) -> int:
     import ponder
+    from ponder.jobs.outputs import payload_lines, write_result
 
-    if args.n <= 0:
-        raise ConfigError(f"--n must be a positive integer, got {args.n}")
-    if args.max_new_tokens <= 0:
-        raise ConfigError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
-    from ponder.kernels.sampling import SamplingParams
-    from ponder.search.scaling.common import checked_sampling
-
-    # bad sampling options, strategy names and options fail before any model loads
-    checked_sampling(SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p))
-    from ponder.api import check_lossless, check_options
-    from ponder.search.scaling import get_strategy
-
-    options = _strategy_options(args)
-    check_options(args.strategy, get_strategy(args.strategy), args.decoder, options)
-    check_lossless(args.decoder, options, args.lossless)  # before any model loads
-    load_options = _image_load_options(args)
-    if args.steps is not None:
-        options["steps"] = args.steps
+    request = _request(args)  # every check that needs no model, before any model loads
     _quiet_transformers()
-    model = ponder.load(args.modality, args.model, trust_remote_code=args.trust_remote_code, **load_options)
-    result = ponder.generate(
-        model, args.prompt, strategy=args.strategy, n=args.n, verifier=args.verifier, decoder=args.decoder,
-        draft=args.draft, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, calibrate=args.calibrate,
-        lossless=args.lossless, **options,
-    )
-    payload = result.to_dict()
-    images = any(_is_image(c.output) for c in [result.best, *result.candidates] if c is not None)
+    model = ponder.load(request.modality, request.model, **request.load_options)
+    result = ponder.generate(model, request.prompt, **request.generate_kwargs())
+    payload = payload_lines(result)
     if args.out is not None:
-        from ponder.jobs.outputs import encoder_for
-
-        files = []
-        for i, cand in enumerate(result.candidates):
-            encoder = encoder_for(cand.output)  # text -> .txt, image -> .png (the batch jobs' encoders)
-            name = f"candidate_{i:03d}{encoder.suffix}"
-            _write_atomic_bytes(args.out / name, encoder.encode(cand.output))
-            files.append(name)
-            if not isinstance(cand.output, str):
-                payload["candidates"][i]["output"] = name
-        if result.best is not None and not isinstance(result.best.output, str):
-            encoder = encoder_for(result.best.output)
-            _write_atomic_bytes(args.out / f"best{encoder.suffix}", encoder.encode(result.best.output))
-            payload["best"]["output"] = f"best{encoder.suffix}"
-            files.append(f"best{encoder.suffix}")
-        payload["files"] = files
-        _write_atomic(args.out / "result.json", json.dumps(payload, indent=2) + "\n")
-    elif images:  # a PIL image has no JSON form: describe it (with --out: its file name)
-        for entry, cand in zip([payload["best"], *payload["candidates"]], [result.best, *result.candidates]):
-            if entry is not None and _is_image(cand.output):
-                entry["output"] = f"<image {cand.output.width}x{cand.output.height} {cand.output.mode}>"
+        payload["files"] = write_result(args.out, request.to_dict(), result)
     if args.json:
         print(json.dumps(payload))
     else:
         best = result.best
         if best is None:
             print("(abstained)")
-        elif images:
-            print(str(args.out / "best.png") if args.out is not None else payload["best"]["output"])
-        else:
+        elif isinstance(best.output, str):
             print(best.output)
+        elif args.out is not None:
+            print(str(args.out / next(f for f in payload["files"] if f.startswith("best"))))
+        else:
+            print(payload["best"]["output"])
         c = result.compute
         scores = ", ".join("-" if x.score is None else f"{x.score:.3f}" for x in result.candidates)
         cost = f"NFE {c.nfe}, verifier calls {c.verifier_calls}" if c.nfe else f"tokens {c.tokens}"
+        if c.backward_passes:
+            cost += f", backward passes {c.backward_passes}"
         print(f"# {len(result.candidates)} candidate(s); scores [{scores}]; model calls {c.model_calls}, "
               f"{cost}, {c.seconds:.2f}s", file=sys.stderr)
     return 0
 
 
-def _image_load_options(args) -> dict:
-    """--size / --guidance-scale / --sampler as load options of an image model (ConfigError elsewhere)."""
-    given = {"--size": args.size, "--guidance-scale": args.guidance_scale, "--sampler": args.sampler}
-    if args.modality != "image":
-        used = [flag for flag, value in given.items() if value is not None]
-        if used:
-            raise ConfigError(f"{', '.join(used)} apply to image models, not {args.modality!r}")
-        if args.steps is not None:
-            raise ConfigError(f"--steps (denoising steps) applies to image diffusion models, not {args.modality!r}")
-        return {}
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError(f"--steps must be a positive integer (denoising steps), got {args.steps}")
-    options = {"guidance_scale": args.guidance_scale, "sampler": args.sampler}
-    if args.size is not None:
-        height, sep, width = args.size.lower().partition("x")
-        try:
-            options["height"] = int(height)
-            options["width"] = int(width) if sep else int(height)
-        except ValueError:
-            raise ConfigError(f"--size wants HEIGHTxWIDTH or one number of pixels, got {args.size!r}") from None
-    return {k: v for k, v in options.items() if v is not None}
+def _tasks() -> dict:
+    """Every zoo task a registered modality can sample (`ponder zoo sample NAME`)."""
+    from ponder.modalities import registry
 
-
-def _is_image(output) -> bool:
-    if output is None or "PIL" not in sys.modules:
-        return False
-    from PIL import Image
-
-    return isinstance(output, Image.Image)
+    return {name: task for spec in registry.specs().values() for name, task in spec.tasks.items()}
 
 
 def cmd_zoo(args) -> int:
     from ponder import zoo
 
     if args.zoo_command == "list":
-        rows = [{"name": e.name, "modality": e.modality, "kind": e.kind, "built": e.built or e.name == "exact",
+        rows = [{"name": e.name, "modality": e.modality, "kind": e.kind, "built": e.built,
                  "summary": e.summary, "metrics": e.card().get("metrics", {})} for e in zoo.ZOO.values()]
         if args.json:
             print(json.dumps(rows))
@@ -301,16 +306,11 @@ def cmd_zoo(args) -> int:
         print(json.dumps({"name": card["name"], "metrics": card["metrics"]}))
         return 0
     # sample
-    from ponder.modalities.text import arith
-
-    if args.name.removeprefix("zoo:") != "arith":
-        raise ConfigError(f"zoo sample knows the task 'arith', got {args.name!r}")
-    if args.split not in arith.SPLITS:
-        raise ConfigError(f"--split {args.split!r} is not allowed; use one of {', '.join(arith.SPLITS)}")
-    if args.template not in arith.TEMPLATES:
-        raise ConfigError(f"--template {args.template!r} is not allowed; use one of {', '.join(arith.TEMPLATES)}")
-    probs = arith.problems(args.split, args.count, seed=args.seed, template=args.template)
-    rows = [{"prompt": p.prompt, "answer": p.answer, "solution": p.solution(), "split": p.split} for p in probs]
+    tasks = _tasks()
+    name = args.name.removeprefix("zoo:")
+    if name not in tasks:
+        raise ConfigError(f"zoo sample knows the task(s) {', '.join(sorted(tasks)) or 'none'}, got {args.name!r}")
+    rows = tasks[name](split=args.split, count=args.count, seed=args.seed, template=args.template)
     if args.json:
         print(json.dumps(rows))
     else:

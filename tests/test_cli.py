@@ -40,7 +40,8 @@ def test_generate_out_writes_result_and_candidate_files(capsys, tiny_model_folde
                           "--n", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "run"))
     assert code == 0 and "candidate(s)" in err
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert saved["files"] == ["candidate_000.txt", "candidate_001.txt"]
+    assert [c["file"] for c in saved["candidates"]] == ["candidate_000.txt", "candidate_001.txt"]
+    assert saved["item"]["model"] == str(tiny_model_folders["llama"]) and saved["best_file"] == "best.txt"
     assert (tmp_path / "run" / "candidate_001.txt").read_text() == saved["candidates"][1]["output"]
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
@@ -50,8 +51,8 @@ def test_generate_out_writes_result_and_candidate_files(capsys, tiny_model_folde
     (["--model", "zoo:nope"], "zoo:nope"),
     (["--n", "0"], "--n"),
     (["--temperature", "-1"], "temperature"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--top-p", "0"], "top_p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-p", "0"], "--top-p"),
     (["--strategy", "nope"], "nope"),
     (["--decoder", "nope"], "nope"),
 ])

@@ -35,18 +35,27 @@ def client(demo_url):
 
 
 def test_demo_binds_loopback_and_has_a_tab_per_modality(demo_url, client):
-    from ponder import api
+    from ponder.modalities import registry
 
     assert demo_url.startswith("http://127.0.0.1:")
     endpoints = client.view_api(return_format="dict")["named_endpoints"]
-    for modality in api.MODALITIES:
-        assert f"/generate_{modality}" in endpoints and f"/rerender_{modality}" in endpoints
+    for modality in registry.names():
+        assert {f"/generate_{modality}", f"/rerender_{modality}", f"/model_{modality}"} <= set(endpoints)
+
+
+def test_the_controls_follow_the_loaded_model(client):
+    decoder, temperature, max_new, steps, info = client.predict("zoo:digits", api_name="/model_image")
+    assert not temperature["visible"] and not max_new["visible"] and steps["visible"] and "diffusion" in info
+    decoder, temperature, max_new, steps, info = client.predict("zoo:arith", api_name="/model_text")
+    assert temperature["visible"] and max_new["visible"] and not steps["visible"] and "sequence model" in info
 
 
 def test_generate_shows_best_candidates_compute_and_scaling_then_rerenders_a_candidate(client):
-    best, compute, table, gallery, plot = client.predict(
-        "zoo:arith", "Q: 58+36-7*2\n", "best-of-n", "exact", "plain", 4, 0, 1.0, 40, "",
+    best, image, audio, compute, table, gallery, plot = client.predict(
+        "zoo:arith", "Q: 58+36-7*2\n", "best-of-n", "exact", "plain", 4, 0, 1.0, 40, 0, "",
         api_name="/generate_text")
+    assert best["visible"] and not image["visible"] and not audio["visible"]
+    best = best["value"]
     rows = table["data"]
     assert table["headers"] == ["#", "seed", "score", "output"] and len(rows) == 4
     assert [r[0] for r in rows] == [0, 1, 2, 3] and all(r[2] in (0.0, 1.0) for r in rows)
@@ -71,7 +80,7 @@ def test_bad_input_is_a_gradio_error_with_ponders_message_not_a_traceback(client
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as info:
-        client.predict(model, "Q: 1+2\n", "best-of-n", "exact", "plain", n, 0, 1.0, 8, options,
+        client.predict(model, "Q: 1+2\n", "best-of-n", "exact", "plain", n, 0, 1.0, 8, 0, options,
                        api_name="/generate_text")
     assert message in str(info.value) and "Traceback" not in str(info.value)
 
@@ -79,9 +88,11 @@ def test_bad_input_is_a_gradio_error_with_ponders_message_not_a_traceback(client
 def test_rerender_of_a_step_strategy_reruns_the_search():
     from ponder.demos.app import DemoSession
 
+    from ponder.demos.app import checked_request
+
     session = DemoSession()
-    payload = session.generate("text", "zoo:arith", "Q: 12+7*3\n", "beam", "prm", "plain", 2, 3, 1.0, 24,
-                               {"beam_width": 2})
+    payload = session.generate(checked_request("text", "zoo:arith", "Q: 12+7*3\n", "beam", "prm", "plain", 2, 3,
+                                               1.0, 24, "{beam_width: 2}"))
     payload.pop("result")
     output, info = session.rerender(payload, 1)
     assert output == payload["candidates"][1]["output"]
@@ -90,14 +101,12 @@ def test_rerender_of_a_step_strategy_reruns_the_search():
         session.rerender(payload, 5)
 
 
-def test_a_new_modality_gets_its_own_tab_without_touching_the_app(monkeypatch):
-    from ponder import api
-    from ponder.demos.app import build_app
+def test_the_image_tab_shows_the_best_image_as_an_image(client):
+    best, image, audio, compute, table, gallery, plot = client.predict(
+        "zoo:digits", "7", "best-of-n", "classifier", "plain", 3, 0, 1.0, 48, 4, "", api_name="/generate_image")
+    assert image["visible"] and not best["visible"] and not audio["visible"]
+    from PIL import Image
 
-    monkeypatch.setattr(api, "MODALITIES", ("text", "toy"))
-    app = build_app()
-    config = app.get_config_file()
-    tabs = [c["props"].get("label") for c in config["components"] if c.get("type") == "tabitem"]
-    assert tabs == ["Text", "Toy"]
-    names = {d.get("api_name") for d in config["dependencies"]}
-    assert {"generate_text", "generate_toy", "rerender_toy"} <= names
+    assert image["value"].endswith(".png") and len(gallery["value"]) == 3  # lossless: the pixels search chose
+    assert Image.open(image["value"]).size == (16, 16)
+    assert "denoiser evals 12" in compute and all(row[3].startswith("<image 16x16 L sha256:") for row in table["data"])

@@ -14,8 +14,14 @@ ROOMS = {"sdk": "ponder", "search": "ponder.search", "modalities": "ponder.modal
 ORDER = ["ponder.demos", "ponder", "ponder.modalities", "ponder.search", "ponder.kernels"]
 
 
-def _pyproject():
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+def _setup_kwargs() -> dict:
+    """What setup.py hands setuptools (run with `setup` captured, so nothing is built)."""
+    import runpy
+    from unittest import mock
+
+    with mock.patch("setuptools.setup") as setup:
+        runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    return setup.call_args.kwargs
 
 
 def _package_of(folder: Path) -> str:
@@ -24,14 +30,26 @@ def _package_of(folder: Path) -> str:
 
 
 def test_every_room_is_mapped_by_package_dir():
-    assert _pyproject()["package-dir"] == {v: k for k, v in ROOMS.items()}
+    assert _setup_kwargs()["package_dir"] == {v: k for k, v in ROOMS.items()}
 
 
-def test_every_package_folder_is_listed_in_pyproject():
-    listed = set(_pyproject()["packages"])
+def test_every_package_folder_is_found_without_listing_it():
+    kwargs = _setup_kwargs()
+    listed = set(kwargs["packages"])
     found = {_package_of(p.parent) for room in ROOMS for p in (ROOT / room).rglob("__init__.py")}
-    assert found - listed == set(), f"package folders missing from pyproject packages: {found - listed}"
-    assert listed - found == set(), f"pyproject lists packages with no folder: {listed - found}"
+    assert found == listed, f"found but not packaged: {found - listed}; packaged with no folder: {listed - found}"
+    # every modality's zoo (weights, configs, cards; diffusers subfolders too) ships as package data
+    for folder in (ROOT / "modalities").glob("*/zoo"):
+        assert kwargs["package_data"][_package_of(folder.parent)] == ["zoo/**/*"]
+    assert "packages" not in tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+
+
+def test_ponders_own_modalities_register_through_the_entry_point_group():
+    from ponder.modalities import registry
+
+    points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][registry.ENTRY_POINT_GROUP]
+    assert points == {"text": "ponder.modalities.text.spec:SPEC", "image": "ponder.modalities.image.spec:SPEC"}
+    assert {"text", "image"} <= set(registry.names())
 
 
 def _room(module: str) -> str:

@@ -1,8 +1,9 @@
-"""Text: a `SequenceModel` over any Hugging Face causal LM, text verifiers, and the `arith` zoo."""
+"""Text: a `SequenceModel` over any Hugging Face causal LM, text verifiers, and the `arith` zoo.
+
+The registry entry is `ponder.modalities.text.spec.SPEC`; `TextModel` loads on first use.
+"""
 
 from __future__ import annotations
-
-from ponder.modalities.text.model import TextModel
 
 __all__ = ["TextModel", "load"]
 
@@ -11,7 +12,16 @@ def load(folder, **options):
     """Load a causal LM + tokenizer from a local folder (see `TextModel.from_folder`), or Medusa heads
     (a folder whose config.json names ``MedusaHeads``; see `ponder.modalities.text.medusa`)."""
     from ponder.modalities.text.medusa import MedusaHeads, read_config
+    from ponder.modalities.text.model import TextModel
 
     if read_config(folder) is not None:
         return MedusaHeads.from_folder(folder, name=options.get("name"))
     return TextModel.from_folder(folder, **options)
+
+
+def __getattr__(name: str):
+    if name == "TextModel":
+        from ponder.modalities.text.model import TextModel
+
+        return TextModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

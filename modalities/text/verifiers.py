@@ -136,3 +136,41 @@ class ProcessVerifier:
         """Scores of unfinished outputs: only completed lines (ending in a newline) count."""
         complete = [p[: p.rfind("\n") + 1] for p in partials]
         return self.score(prompt, complete)
+
+
+def load_verifier(spec: str | Path, *, model=None, **options):
+    """A text verifier by name or folder (what ``--verifier`` names for text).
+
+    Names: ``exact`` (the arith checker), ``orm`` / ``prm`` (zoo verifiers, ``zoo:`` optional),
+    ``self`` (the generator's own normalised likelihood; needs `model`). A folder holding a
+    sequence-classification model loads as an outcome verifier; a token-classification model as a
+    process verifier.
+    """
+    import json
+
+    from ponder.modalities.text.spec import SPEC
+
+    key = str(spec).removeprefix("zoo:")
+    if key == "self":
+        if model is None:
+            raise ConfigError("the self verifier scores with the generating model; pass model=")
+        from ponder.search.verifiers import SelfEvaluation
+
+        return SelfEvaluation(model)
+    if key == "exact":
+        return ExactArithVerifier()
+    zoo = {e.name: e for e in SPEC.zoo}
+    if key in ("orm", "prm") and not Path(str(spec)).is_dir():
+        cls = OutcomeVerifier if key == "orm" else ProcessVerifier
+        return cls.from_folder(zoo[key].weights(), name=key, **options)
+    folder = Path(str(spec))
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"unknown verifier {str(spec)!r}; use one of {', '.join(SPEC.verifiers)}, "
+                          "a comma-separated list of them, or a local verifier folder")
+    archs = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+    if archs[0].endswith("ForTokenClassification"):
+        return ProcessVerifier.from_folder(folder, name=folder.name, **options)
+    if archs[0].endswith("ForSequenceClassification"):
+        return OutcomeVerifier.from_folder(folder, name=folder.name, **options)
+    raise ConfigError(f"verifier folder {str(folder)!r} holds a {archs[0] or 'model of unknown class'}; "
+                      "expected a *ForSequenceClassification (outcome) or *ForTokenClassification (process)")

@@ -21,10 +21,11 @@ a value that is not a short plain token (a prompt, a dict of options) is named b
 (``many.prompt-1``). Ids name the output folders, so they never contain a path separator or a
 raw prompt.
 
-`options` hold everything else `ponder.generate` takes: temperature, top_k, top_p, min_p,
-max_new_tokens, stop, draft, calibrate, steps (image diffusion) and the strategy's own options
-(beam_width, ...). Options of
-`defaults` and of an item merge key by key (the item wins).
+`options` hold everything else a generation takes: temperature, top_k, top_p, min_p,
+max_new_tokens, stop, draft, calibrate, steps (diffusion), lossless, the modality's load options
+(e.g. height, width, sampler for image diffusion) and the strategy's and decoder's own options
+(beam_width, ...); the item is checked as one `ponder.request.Request`. Options of `defaults` and of
+an item merge key by key (the item wins).
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from ponder.errors import ConfigError, PonderError
 # bumped when what an item writes changes, so that resume re-renders items of an older layout
 LAYOUT_VERSION = 1
 ITEM_FIELDS = ("modality", "model", "prompt", "strategy", "n", "verifier", "decoder", "seed", "options")
-# options `ponder.generate` takes itself; the rest must be options of the strategy or the decoder
-GENERATE_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "stop", "draft", "calibrate")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,119}$")
 MAX_ITEMS = 100_000  # beyond this a job file is a mistake (or should be several jobs)
 RESERVED_IDS = frozenset({"manifest.jsonl"})  # names the output folder uses itself
@@ -330,65 +329,6 @@ class _Checker:
         self.seen.add(key)
 
     def _check(self, item: Item) -> None:
-        from ponder import api, zoo
-        from ponder.kernels.sampling import SamplingParams
-        from ponder.search.decoding import get_decoder
-        from ponder.search.scaling import get_strategy
-        from ponder.search.scaling.common import checked_sampling
+        from ponder.request import request_from_item
 
-        if item.modality not in api.MODALITIES:
-            raise ConfigError(f"field 'modality': unknown modality {item.modality!r}; available: "
-                              f"{', '.join(api.MODALITIES)}")
-        if item.model.startswith("zoo:"):
-            entry = zoo.entry(item.model)
-            if entry.modality != item.modality or entry.kind not in ("model", "draft"):
-                raise ConfigError(f"field 'model': zoo:{entry.name} is a {entry.modality} {entry.kind}, "
-                                  f"not a {item.modality} model")
-        strategy_fn = get_strategy(item.strategy)
-        get_decoder(item.decoder)
-        if item.verifier is not None:
-            _check_verifier(item.verifier, api.IMAGE_VERIFIER_NAMES if item.modality == "image" else api.VERIFIER_NAMES)
-        options = item.options
-        strategy_options = {k: v for k, v in options.items() if k not in GENERATE_OPTIONS}
-        if "steps" in strategy_options:  # denoising steps: image models only, a positive integer
-            steps = strategy_options.pop("steps")
-            if item.modality != "image":
-                raise ConfigError(f"options.steps (denoising steps) applies to image models, not {item.modality!r}")
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-                raise ConfigError(f"options.steps must be a positive integer, got {_one_line(repr(steps), 40)}")
-        api.check_options(item.strategy, strategy_fn, item.decoder, strategy_options)
-        numbers = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-        for name, default in numbers.items():
-            value = options.get(name, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"options.{name} must be a number, got {_one_line(repr(value), 40)}")
-        if not isinstance(options.get("top_k", 0), int):
-            raise ConfigError(f"options.top_k must be an integer, got {options['top_k']!r}")
-        checked_sampling(SamplingParams(**{k: options.get(k, d) for k, d in numbers.items()}))
-        max_new = options.get("max_new_tokens", 64)
-        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new <= 0:
-            raise ConfigError(f"options.max_new_tokens must be a positive integer, got {max_new!r}")
-        stop = options.get("stop")
-        if stop is not None and not isinstance(stop, str) and not (
-                isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-            raise ConfigError(f"options.stop must be a string or a list of strings, got {_one_line(repr(stop), 40)}")
-        calibrate = options.get("calibrate")
-        if calibrate is not None and (isinstance(calibrate, bool) or not isinstance(calibrate, int)
-                                      or calibrate <= 0 or item.verifier is None):
-            raise ConfigError(f"options.calibrate must be a positive integer and needs a verifier, got {calibrate!r}")
-        draft = options.get("draft")
-        if draft is not None and not isinstance(draft, str):
-            raise ConfigError(f"options.draft must be a model spec (zoo:NAME or a folder), got {draft!r}")
-        if isinstance(draft, str) and draft.startswith("zoo:"):
-            zoo.entry(draft)
-
-
-def _check_verifier(spec: str, names: tuple[str, ...]) -> None:
-    """A verifier is a name, a comma list of names, or a folder (checked when it loads)."""
-    parts = [p.strip() for p in spec.split(",")] if "," in spec else [spec]
-    for part in parts:
-        bare = part.removeprefix("zoo:")
-        looks_like_path = "/" in part or part.startswith((".", "~")) or Path(part).exists()
-        if bare not in names and not looks_like_path:
-            raise ConfigError(f"field 'verifier': unknown verifier {part!r}; use one of {', '.join(names)}, "
-                              "a comma-separated list of them, or a verifier folder (a path)")
+        request_from_item(item.spec()).validate()

@@ -37,23 +37,27 @@ class ModelCache:
 
         self._load = load or api.load
         self._load_verifier = load_verifier or api.load_verifier
-        self.key: tuple[str, str] | None = None
+        self.key: tuple[str, ...] | None = None
         self.model: Any = None
         self.error: PonderError | None = None
         self.verifiers: dict[str, Any] = {}
         self.drafts: dict[str, Any] = {}
         self.loads = 0  # models loaded so far (tests pin "once per worker")
 
-    def model_for(self, modality: str, spec: str):
-        """The loaded model for (modality, spec), loading it (once) if the worker holds another."""
-        key = (modality, spec)
+    def model_for(self, modality: str, spec: str, load_options: dict | None = None):
+        """The loaded model for (modality, spec, load options), loading it (once) if the worker holds
+        another."""
+        import json
+
+        load_options = dict(load_options or {})
+        key = (modality, spec) if not load_options else (modality, spec, json.dumps(load_options, sort_keys=True))
         if key != self.key:
             self.key, self.model, self.error = key, None, None
             self.verifiers.clear()
             self.drafts.clear()
             self.loads += 1
             try:
-                self.model = self._load(modality, spec)
+                self.model = self._load(modality, spec, **load_options)
             except PonderError as err:
                 self.error = err
             except Exception as err:  # a broken folder fails in transformers with many error types
@@ -111,19 +115,18 @@ class Worker:
             self._threads_before = None
 
     def generate(self, spec: dict):
-        """The `Result` of one item spec (a dict of `Item` fields)."""
+        """The `Result` of one item spec (a dict of `Item` fields), run as its `Request`."""
         import ponder
+        from ponder.request import request_from_item
 
-        modality = spec["modality"]
-        model = self.cache.model_for(modality, spec["model"])
-        options = dict(spec["options"])
-        verifier = spec["verifier"]
-        if verifier is not None:
-            verifier = self.cache.verifier_for(modality, verifier, model)
-        if isinstance(options.get("draft"), str):
-            options["draft"] = self.cache.draft_for(modality, options["draft"])
-        return ponder.generate(model, spec["prompt"], strategy=spec["strategy"], n=spec["n"], verifier=verifier,
-                               decoder=spec["decoder"], seed=spec["seed"], **options)
+        request = request_from_item(spec)
+        model = self.cache.model_for(request.modality, request.model, request.load_options)
+        kwargs = request.generate_kwargs()
+        if request.verifier is not None:
+            kwargs["verifier"] = self.cache.verifier_for(request.modality, request.verifier, model)
+        if request.draft is not None:
+            kwargs["draft"] = self.cache.draft_for(request.modality, request.draft)
+        return ponder.generate(model, request.prompt, **kwargs)
 
     def render(self, spec: dict, config_hash: str, retries: int = 0) -> Outcome:
         """Render one item into its files, retrying unexpected errors up to `retries` times.

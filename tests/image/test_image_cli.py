@@ -33,7 +33,8 @@ def test_generate_image_writes_best_and_every_candidate_as_png(capsys, unet_fold
     result = json.loads((out / "result.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["best.png", "candidate_000.png", "candidate_001.png",
                                                      "candidate_002.png", "result.json"]
-    assert [c["output"] for c in result["candidates"]] == [f"candidate_{i:03d}.png" for i in range(3)]
+    assert [c["file"] for c in result["candidates"]] == [f"candidate_{i:03d}.png" for i in range(3)]
+    assert [c["output"] for c in result["candidates"]] == [None] * 3  # the files hold the images
     assert result["compute"]["nfe"] == 6 and result["config"]["steps"] == 2 and result["config"]["diversity"] > 0
     best = max(range(3), key=lambda i: (result["candidates"][i]["score"], -i))
     assert result["best"]["seed"] == result["candidates"][best]["seed"]
@@ -46,7 +47,7 @@ def test_generate_image_json_describes_images_without_out(capsys, unet_folder):
     code, stdout, _ = _run(capsys, "generate", "image", "--model", unet_folder, "--prompt", "1", "--n", "2",
                            "--steps", "1", "--size", "8x16", "--json")
     result = json.loads(stdout)
-    assert code == 0 and [c["output"] for c in result["candidates"]] == ["<image 16x8 L>"] * 2
+    assert code == 0 and all(c["output"].startswith("<image 16x8 L sha256:") for c in result["candidates"])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -66,8 +67,10 @@ def test_bad_image_input_is_one_line_exit_2_and_no_files(capsys, unet_folder, tm
 
 
 def test_image_flags_on_a_text_model_are_refused(capsys, tmp_path):
-    code, _, err = _run(capsys, "generate", "text", "--model", tmp_path, "--prompt", "x", "--steps", "3")
-    assert code == 2 and "--steps (denoising steps) applies to image diffusion models" in err
+    code, _, err = _run(capsys, "generate", "text", "--model", tmp_path, "--prompt", "x", "--size", "8")
+    assert code == 2 and "--size is an option of image models, not 'text'" in err  # before any model loads
+    code, _, err = _run(capsys, "generate", "text", "--model", "zoo:arith", "--prompt", "x", "--steps", "3")
+    assert code == 2 and "steps (denoising steps) applies to diffusion models; this model decodes tokens" in err
 
 
 def test_readme_command_on_zoo_digits(capsys, tmp_path):

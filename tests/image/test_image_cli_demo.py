@@ -17,8 +17,8 @@ def unet_folder(tmp_path_factory):
 def test_demo_session_generates_images_and_rerenders_them_from_the_seed(unet_folder):
     session = app.DemoSession()
     request = app.checked_request("image", str(unet_folder), "two", "best-of-n", "aesthetic", "plain", 3, 4, 1.0, 8,
-                                  "{steps: 2}")
-    payload = session.generate(*request)
+                                  "", steps=2)
+    payload = session.generate(request)
     result = payload.pop("result")
     assert [c["output"] for c in payload["candidates"]] == [app.describe_output(c.output) for c in result.candidates]
     assert payload["candidates"][0]["output"].startswith("<image 8x8 L sha256:")

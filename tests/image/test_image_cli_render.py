@@ -44,12 +44,24 @@ def test_render_writes_png_candidates_equal_to_generate(capsys, unet_folder, tmp
 
 
 @pytest.mark.parametrize("defaults, message", [
-    ({"options": {"steps": 0}}, "options.steps must be a positive integer"),
-    ({"verifier": "orm"}, "unknown verifier 'orm'"),
-    ({"modality": "text", "model": "zoo:arith", "verifier": "exact"}, "options.steps (denoising steps) applies"),
+    ({"options": {"steps": 0}}, "steps must be a positive integer"),
+    ({"verifier": "orm"}, "verifier 'orm' scores text, not images"),
+    ({"options": {"steps": 2, "sampler": "nope"}}, "sampler 'nope' is not allowed"),
 ])
 def test_bad_image_jobs_fail_before_anything_runs(capsys, unet_folder, tmp_path, defaults, message):
     out = tmp_path / "render"
     code = main(["render", str(_job(tmp_path, unet_folder, **defaults)), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and not out.exists()
+
+
+def test_steps_on_a_token_model_fail_the_item_when_its_model_loads(capsys, unet_folder, tmp_path):
+    # whether a model denoises is known once it loads: the item fails with one line, the rest is kept
+    out = tmp_path / "render"
+    job = _job(tmp_path, unet_folder, modality="text", model="zoo:arith", verifier="exact")
+    assert main(["render", str(job), "--out", str(out), "--no-progress"]) == 1
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {row["status"] for row in manifest} == {"failed"}
+    assert all("steps (denoising steps) applies to diffusion models" in row["error"] for row in manifest)
+    assert not [p for p in out.iterdir() if p.is_dir()]  # no half-written item folder
+    capsys.readouterr()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ponder.errors import InputError
-from ponder.jobs.outputs import Encoder, encoder_for, register_encoder, result_files
+from ponder.jobs.outputs import encoder_for, result_files, write_result
 from ponder.search.core import Candidate, Compute, Result
 
 
@@ -52,11 +52,25 @@ def test_text_is_utf8_and_kept_in_result_json():
     assert json.loads(files["result.json"])["candidates"][0]["output"] == "héllo"
 
 
-def test_an_unknown_kind_of_output_is_an_input_error_until_an_encoder_is_registered(monkeypatch):
-    from ponder.jobs import outputs
+def test_an_unknown_kind_of_output_is_an_input_error_until_a_modality_declares_it(monkeypatch):
+    from ponder.modalities import registry
 
-    monkeypatch.setattr(outputs, "ENCODERS", list(outputs.ENCODERS))
-    with pytest.raises(InputError, match="no file encoder for an output of type complex"):
+    with pytest.raises(InputError, match="no file encoder for an output of type complex; known kinds: text, image"):
         encoder_for(1j)
-    register_encoder(Encoder("complex", ".cplx", lambda o: isinstance(o, complex), lambda o: repr(o).encode()))
+    own = registry.OutputKind("complex", ".cplx", lambda o: isinstance(o, complex), lambda o: repr(o).encode())
+    table = dict(registry.specs())
+    table["toy"] = registry.ModalitySpec(name="toy", summary="complex numbers", load=lambda folder, **kw: None,
+                                         output_kind=own)
+    monkeypatch.setattr(registry, "specs", lambda: table)
     assert result_files({"id": "c"}, _result([2j]))["candidate_000.cplx"] == b"2j"
+
+
+def test_write_result_writes_every_file_with_result_json_last(tmp_path, monkeypatch):
+    from ponder.jobs import store
+
+    written = []
+    real = store.write_atomic
+    monkeypatch.setattr(store, "write_atomic", lambda path, data: (written.append(path.name), real(path, data)))
+    names = write_result(tmp_path / "out", {"id": "t"}, _result(["a", "b"]))
+    assert written[-1] == "result.json" and sorted(written) == sorted(names)
+    assert (tmp_path / "out" / "best.txt").read_text() == "b"
