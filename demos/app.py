@@ -26,9 +26,10 @@ from ponder.errors import ConfigError, PonderError, check_int
 # strategies whose candidates each come from their own seeded noise alone (re-render one by one)
 INDEPENDENT_NOISE_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random")
 NO_VERIFIER = "none"
+# small model outputs (16x16 digits) fill their frame with crisp pixels instead of a blurred thumbnail
+IMAGE_CSS = ("[id^=best-image-] img, [id^=rerender-image-] img { width: 100%; height: 100%; object-fit: contain; "
+             "image-rendering: pixelated; } [id^=gallery-] img { image-rendering: pixelated; }")
 MAX_N = 32
-# output kinds the demo shows in a widget of their own; any other kind is shown by its one-line description
-WIDGET_KINDS = ("text", "image", "audio")
 log = logging.getLogger("ponder.demos")
 
 
@@ -205,7 +206,8 @@ def compute_summary(payload: dict) -> str:
     chosen = "abstained (no candidate cleared the bar)" if best is None else (
         f"best: seed {best['seed']}" + ("" if best["score"] is None else f", score {best['score']:.4f}"))
     return (f"**Compute** — model calls {c['model_calls']}, draft calls {c['draft_calls']}, tokens {c['tokens']}, "
-            f"denoiser evals {c['nfe']}, verifier calls {c['verifier_calls']}, {c['seconds']:.2f} s  \n{chosen}")
+            f"denoiser evals {c['nfe']}, verifier calls {c['verifier_calls']}, backward passes "
+            f"{c.get('backward_passes', 0)}, {c['seconds']:.2f} s  \n{chosen}")
 
 
 # ---- the Gradio app -------------------------------------------------------------------------------
@@ -238,7 +240,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
     from ponder.search.scaling import STRATEGIES
 
     spec = registry.get(modality)
-    kind = spec.kind.name
+    kind = spec.kind
+    image_kind, audio_kind = registry.IMAGE, registry.AUDIO  # the kinds with a widget of their own
     models = model_choices(modality)
     examples = list(spec.examples)
     with gr.Row():
@@ -267,11 +270,11 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
                 gr.Examples([[e] for e in examples], inputs=[prompt], label="Example prompts")
         with gr.Column(scale=1):
             best_text = gr.Textbox(label="Best output", lines=4, elem_id=f"best-{modality}",
-                                   visible=kind not in ("image", "audio"))
-            best_image = gr.Image(label="Best output", type="pil", format="png", elem_id=f"best-image-{modality}",
-                                  visible=kind == "image", interactive=False)
+                                   visible=kind not in (image_kind, audio_kind))
+            best_image = gr.Image(label="Best output", type="pil", format="png", height=320, elem_id=f"best-image-{modality}",
+                                  visible=kind is image_kind, interactive=False)
             best_audio = gr.Audio(label="Best output", type="numpy", elem_id=f"best-audio-{modality}",
-                                  visible=kind == "audio", interactive=False)
+                                  visible=kind is audio_kind, interactive=False)
             summary = gr.Markdown(elem_id=f"compute-{modality}")
             table = gr.Dataframe(headers=["#", "seed", "score", "output"], label="Candidates", wrap=True,
                                  interactive=False, elem_id=f"candidates-{modality}")
@@ -282,6 +285,9 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
                 which = gr.Number(value=0, precision=0, label="Candidate # to re-render")
                 again = gr.Button("Re-render from its seed")
             again_out = gr.Textbox(label="Re-rendered candidate", lines=3)
+            again_image = gr.Image(label="Re-rendered candidate", type="pil", format="png", height=200,
+                                   elem_id=f"rerender-image-{modality}",
+                                   visible=False, interactive=False)
             again_info = gr.Markdown()
     state = gr.State(None)
 
@@ -312,13 +318,14 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
         result = payload.pop("result")
         best = result.best
         images = [(c.output, f"#{i}" + ("" if c.score is None else f" score {c.score:.3f}"))
-                  for i, c in enumerate(result.candidates) if registry.kind_of(c.output).name == "image"]
-        shown = registry.kind_of(best.output).name if best is not None else "text"
+                  for i, c in enumerate(result.candidates) if registry.kind_of(c.output) is image_kind]
+        shown = registry.kind_of(best.output) if best is not None else registry.TEXT
         line = payload["best"]["output"] if best is not None else "(abstained)"
         curve = pd.DataFrame(scaling_curve(payload), columns=["N", "best score"])
-        return (gr.Textbox(value=line, visible=shown not in ("image", "audio")),
-                gr.Image(value=best.output if shown == "image" else None, visible=shown == "image"),
-                gr.Audio(value=_audio_value(best.output) if shown == "audio" else None, visible=shown == "audio"),
+        return (gr.Textbox(value=line, visible=shown not in (image_kind, audio_kind)),
+                gr.Image(value=best.output if shown is image_kind else None, visible=shown is image_kind),
+                gr.Audio(value=_audio_value(best.output) if shown is audio_kind else None,
+                         visible=shown is audio_kind),
                 compute_summary(payload), table_rows(payload), gr.Gallery(value=images or None, visible=bool(images)),
                 curve, {k: v for k, v in payload.items()})
 
@@ -327,14 +334,15 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             output, info = session.rerender(state_v, int(which_v) if which_v is not None else -1)
         except Exception as err:
             raise _as_gradio_error(err) from None
-        return describe_output(output), info
+        image = registry.kind_of(output) is image_kind
+        return describe_output(output), gr.Image(value=output if image else None, visible=image), info
 
     model.change(on_model, [model], [decoder, temperature, max_new_tokens, steps, model_info],
                  api_name=f"model_{modality}", concurrency_id="ponder-model")
     inputs = [model, prompt, strategy, verifier, decoder, n, seed, temperature, max_new_tokens, steps, options]
     run.click(on_generate, inputs, [best_text, best_image, best_audio, summary, table, gallery, plot, state],
               api_name=f"generate_{modality}", concurrency_limit=concurrency, concurrency_id="ponder-model")
-    again.click(on_rerender, [state, which], [again_out, again_info], api_name=f"rerender_{modality}",
+    again.click(on_rerender, [state, which], [again_out, again_image, again_info], api_name=f"rerender_{modality}",
                 concurrency_limit=concurrency, concurrency_id="ponder-model")
     return model, on_model, [decoder, temperature, max_new_tokens, steps, model_info]
 
@@ -383,5 +391,5 @@ def launch(host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, bloc
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True, quiet=not block,
-               share=False, footer_links=["api"], theme=theme, **options)
+               share=False, footer_links=["api"], theme=theme, css=IMAGE_CSS, **options)
     return app

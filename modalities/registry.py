@@ -49,6 +49,11 @@ class OutputKind:
     accepts: Callable[[Any], bool]
     encode: Callable[[Any], bytes]
     describe: Callable[[Any], str] | None = None  # one line for tables and JSON (default: the JSON form)
+    plural: str = ""  # for messages ("scores images"); default: name + "s"
+
+    @property
+    def many(self) -> str:
+        return self.plural or self.name + "s"
 
     def line(self, output: Any) -> str:
         if self.describe is not None:
@@ -128,9 +133,9 @@ def _is_token_ids(output: Any) -> bool:
     return isinstance(output, (list, tuple)) and all(isinstance(t, int) for t in output)
 
 
-TEXT = OutputKind("text", ".txt", lambda o: isinstance(o, str), lambda o: o.encode("utf-8"), lambda o: o)
+TEXT = OutputKind("text", ".txt", lambda o: isinstance(o, str), lambda o: o.encode("utf-8"), lambda o: o, plural="text")
 IMAGE = OutputKind("image", ".png", _is_image, _png, _describe_image)
-AUDIO = OutputKind("audio", ".wav", _is_audio, _wav, _describe_audio)
+AUDIO = OutputKind("audio", ".wav", _is_audio, _wav, _describe_audio, plural="audio")
 TOKENS = OutputKind("tokens", ".json", _is_token_ids, lambda o: (json.dumps(list(o)) + "\n").encode())
 OUTPUT_KINDS: dict[str, OutputKind] = {k.name: k for k in (TEXT, IMAGE, AUDIO, TOKENS)}
 
@@ -264,6 +269,7 @@ class ModalitySpec:
         tasks: zoo tasks `ponder zoo sample NAME` can draw from: ``task(split=, count=, seed=,
             **options) -> [{"prompt", "answer", "solution", "split"}]``.
         benches: benchmarks the modality adds to `ponder bench`.
+        order: where lists, help texts and demo tabs put the modality (lower first, then by name).
     """
 
     name: str
@@ -281,6 +287,7 @@ class ModalitySpec:
     zoo: tuple[ZooEntry, ...] = ()
     tasks: Mapping[str, Callable[..., list[dict]]] = field(default_factory=dict)
     benches: Mapping[str, BenchEntry] = field(default_factory=dict)
+    order: int = 100  # where lists, help and demo tabs put it (lower first; ties by name)
 
     @property
     def kind(self) -> OutputKind:
@@ -305,12 +312,11 @@ class ModalitySpec:
 
 @cache
 def specs() -> dict[str, ModalitySpec]:
-    """Every registered modality, by name, in entry-point order (ponder's own first)."""
+    """Every registered modality, by name, ordered by their `order` and then by name."""
     from importlib.metadata import entry_points
 
     found: dict[str, ModalitySpec] = {}
-    # ponder's own first, then plug-ins; by name within each, so the order never depends on install order
-    points = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: (not p.value.startswith("ponder."), p.name))
+    points = entry_points(group=ENTRY_POINT_GROUP)
     for point in points:
         try:
             spec = point.load()
@@ -325,6 +331,7 @@ def specs() -> dict[str, ModalitySpec]:
         if spec.name in found:
             continue  # the same modality installed twice (e.g. an editable and a regular install)
         found[spec.name] = spec
+    found = dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))  # never by install order
     if not found:
         raise ConfigError(f"no modality is registered (entry-point group {ENTRY_POINT_GROUP!r}); is ponder "
                           "installed? Run `pip install -e .` in the repository")

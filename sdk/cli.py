@@ -323,10 +323,10 @@ def cmd_bench(args) -> int:
     from ponder import bench
 
     if args.list:
-        for name, spec in bench.BENCHES.items():
+        for name, spec in bench.benches().items():
             print(f"{name:<16} {spec.summary}")
         return 0
-    names = args.names or list(bench.BENCHES)
+    names = args.names or list(bench.benches())
     reports = [bench.run(name, quick=args.quick, plot_dir=args.plot) for name in names]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))

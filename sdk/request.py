@@ -257,7 +257,7 @@ def check_verifier_name(spec, part: str) -> None:
         return
     owners = [s for s in registry.specs().values() if s.name != spec.name and bare in s.verifiers]
     if owners:
-        raise ConfigError(f"verifier {part!r} scores {_plural(owners[0].kind.name)}, not {_plural(spec.kind.name)}; "
+        raise ConfigError(f"verifier {part!r} scores {owners[0].kind.many}, not {spec.kind.many}; "
                           f"{spec.name} verifiers: {', '.join(spec.verifiers) or 'none'}, a comma-separated list of "
                           "them, or a local verifier folder")
     table = zoo.ZOO
@@ -266,13 +266,9 @@ def check_verifier_name(spec, part: str) -> None:
         if entry.modality == spec.name and entry.kind == "verifier":
             return
         raise ConfigError(f"zoo:{bare} is {_a(entry.modality)} {entry.kind}; it cannot score "
-                          f"{_plural(spec.kind.name)}")
+                          f"{spec.kind.many}")
     raise ConfigError(f"unknown {spec.name} verifier {part!r}; use one of {', '.join(spec.verifiers) or 'none'}, "
                       "a comma-separated list of them, or a local verifier folder (a path)")
-
-
-def _plural(kind: str) -> str:
-    return kind + "s" if kind in ("image",) or not kind.endswith(("text", "audio", "s")) else kind
 
 
 def as_stops(stop: Sequence[str] | str | None) -> list[str]:

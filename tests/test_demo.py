@@ -65,7 +65,8 @@ def test_generate_shows_best_candidates_compute_and_scaling_then_rerenders_a_can
     # best score among the first N candidates never falls as N grows
     curve = [score for _, score in plot["data"]]
     assert [n for n, _ in plot["data"]] == [1, 2, 3, 4] and curve == sorted(curve) and curve[-1] == top[2]
-    output, info = client.predict(2, api_name="/rerender_text")
+    output, image, info = client.predict(2, api_name="/rerender_text")
+    assert not image["visible"]
     assert output == rows[2][3]
     assert "decoded alone from seed" in info and "identical to the original: yes" in info
 
@@ -86,9 +87,7 @@ def test_bad_input_is_a_gradio_error_with_ponders_message_not_a_traceback(client
 
 
 def test_rerender_of_a_step_strategy_reruns_the_search():
-    from ponder.demos.app import DemoSession
-
-    from ponder.demos.app import checked_request
+    from ponder.demos.app import DemoSession, checked_request
 
     session = DemoSession()
     payload = session.generate(checked_request("text", "zoo:arith", "Q: 12+7*3\n", "beam", "prm", "plain", 2, 3,
@@ -109,4 +108,6 @@ def test_the_image_tab_shows_the_best_image_as_an_image(client):
 
     assert image["value"].endswith(".png") and len(gallery["value"]) == 3  # lossless: the pixels search chose
     assert Image.open(image["value"]).size == (16, 16)
+    output, again, info = client.predict(1, api_name="/rerender_image")
+    assert again["visible"] and output == table["data"][1][3] and "identical to the original: yes" in info
     assert "denoiser evals 12" in compute and all(row[3].startswith("<image 16x16 L sha256:") for row in table["data"])

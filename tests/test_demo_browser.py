@@ -50,6 +50,18 @@ def test_demo_generates_in_headless_chromium_and_saves_a_screenshot(tmp_path):
             expect(page.locator("#candidates-text")).to_contain_text("7*2=14")
             shot = shots / "demo-text.png"
             page.screenshot(path=str(shot), full_page=True)
+            # the image tab shows the best output as an image (not a text placeholder) and hides the
+            # token-decoding controls a diffusion model ignores
+            page.get_by_role("tab", name="Image").click()
+            expect(page.locator("#model-info-image")).to_contain_text("diffusion model", timeout=60_000)
+            expect(page.get_by_label("number input for Temperature")).to_be_hidden()
+            page.get_by_label("number input for N (candidates)").nth(1).fill("3")
+            page.locator("#generate-image").click()
+            expect(page.locator("#compute-image")).to_contain_text("verifier calls 3", timeout=120_000)
+            best_image = page.locator("#best-image-image img")
+            expect(best_image).to_be_visible()
+            assert best_image.evaluate("img => img.naturalWidth") == 16  # the exact 16x16 pixels, drawn large
+            page.screenshot(path=str(shots / "demo-image.png"), full_page=True)
             browser.close()
     finally:
         app.close()

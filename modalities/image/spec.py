@@ -104,4 +104,5 @@ SPEC = ModalitySpec(
     option_hint="{steps: 10} or {step_size: 0.5}",
     diversity=_diversity,
     zoo=_ENTRIES,
+    order=20,
 )

@@ -65,4 +65,5 @@ SPEC = ModalitySpec(
              weights=False),
     ),
     tasks={"arith": _arith_task},
+    order=10,
 )

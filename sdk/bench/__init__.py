@@ -73,6 +73,26 @@ BENCHES: dict[str, BenchSpec] = {
 }
 
 
+def benches() -> dict[str, BenchSpec]:
+    """ponder's own benches and those each registered modality adds (its spec's `benches`)."""
+    import importlib
+
+    from ponder.modalities import registry
+
+    table = dict(BENCHES)
+    for spec in registry.specs().values():
+        for name, entry in spec.benches.items():
+            if name in table:
+                raise ConfigError(f"bench {name!r} of modality {spec.name!r} clashes with an existing bench")
+            module, _, function = entry.run.partition(":")
+
+            def run(module=module, function=function, **kw):
+                return getattr(importlib.import_module(module), function)(**kw)
+
+            table[name] = BenchSpec(entry.summary, run)
+    return table
+
+
 def machine() -> str:
     import torch
 
@@ -87,9 +107,10 @@ def machine() -> str:
 
 
 def run(name: str, quick: bool = False, plot_dir: Path | None = None) -> dict:
-    if name not in BENCHES:
-        raise ConfigError(f"unknown bench {name!r}; available: {', '.join(BENCHES)}")
-    out = BENCHES[name].run(quick=quick, plot_dir=plot_dir)
+    table = benches()
+    if name not in table:
+        raise ConfigError(f"unknown bench {name!r}; available: {', '.join(table)}")
+    out = table[name].run(quick=quick, plot_dir=plot_dir)
     return {"bench": name, "machine": machine(), "rows": out["rows"], "goals": out["goals"]}
 
 

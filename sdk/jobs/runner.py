@@ -21,7 +21,7 @@ from ponder.jobs.store import OutputDir
 from ponder.jobs.worker import Outcome, Worker
 
 BACKENDS = ("local", "ray")
-COMPUTE_FIELDS = ("model_calls", "draft_calls", "tokens", "nfe", "verifier_calls", "seconds")
+COMPUTE_FIELDS = ("model_calls", "draft_calls", "tokens", "nfe", "verifier_calls", "backward_passes", "seconds")
 
 
 @dataclass

@@ -99,7 +99,7 @@ class Compute:
 class Candidate:
     """One output of a run."""
 
-    output: Any  # str | PIL.Image.Image | Audio(waveform, sample_rate) | token ids
+    output: Any  # str | PIL.Image.Image | Audio(waveform, sample_rate) (outputs.Audio) | token ids
     score: float | None  # the verifier's score; None when no verifier scored it
     seed: int  # re-renders exactly this candidate with the recorded config
     meta: dict = field(default_factory=dict)  # index, token ids, stop reason, ...
@@ -337,3 +337,7 @@ __all__ += ["AnswerExtractor", "HiddenStateModel", "LayerSkippingModel", "Length
             "MaskedModel", "MedusaDraft", "OnDevice", "OutputEncoder", "PaddedModel", "RowImageModel",
             "RowRollbackCache", "SteppedModel", "TokenizedModel", "TreeCache", "VerifiedHook", "Vocabulary",
             "device_of", "display_name"]
+
+from ponder.search.core.outputs import Audio, AudioOutput  # noqa: E402
+
+__all__ += ["Audio", "AudioOutput"]

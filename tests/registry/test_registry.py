@@ -157,7 +157,7 @@ def test_the_demo_gets_a_tab_that_shows_the_new_kind(plugin, model_folder):
         assert not best_image["visible"] and not best_audio["visible"]
         assert len(table["data"]) == 4 and all(row[3].startswith("<notes ") for row in table["data"])
         assert "verifier calls 4" in compute
-        output, info = client.predict(1, api_name="/rerender_toy-notes")
+        output, _, info = client.predict(1, api_name="/rerender_toy-notes")
         assert output == table["data"][1][3] and "identical to the original: yes" in info
     finally:
         app.close()

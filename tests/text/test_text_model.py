@@ -411,7 +411,7 @@ def test_loading_with_an_unknown_dtype_lists_the_allowed_ones(tiny_model_folders
 
 
 def test_unknown_modality_is_a_config_error(tiny_model_folders):
-    with pytest.raises(ConfigError, match=r"unknown modality .smell.; registered: image, text"):
+    with pytest.raises(ConfigError, match=r"unknown modality .smell.; registered: text, image"):
         ponder.load("smell", tiny_model_folders["llama"])
 
 
