@@ -295,9 +295,12 @@ def cmd_zoo(args) -> int:
         if args.json:
             print(json.dumps(rows))
         else:
+            name_width = max((len(r["name"]) for r in rows), default=0)
+            modality_width = max((len(r["modality"]) for r in rows), default=0)
             for r in rows:
                 state = "ready" if r["built"] else "not built"
-                print(f"zoo:{r['name']:<12} {r['modality']:<6} {r['kind']:<9} {state:<9} {r['summary']}")
+                print(f"zoo:{r['name']:<{name_width}}  {r['modality']:<{modality_width}}  {r['kind']:<9} {state:<9} "
+                      f"{r['summary']}")
         return 0
     if args.zoo_command == "train":
         zoo.entry(args.name)  # unknown names fail before any work
