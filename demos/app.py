@@ -271,9 +271,10 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
         with gr.Column(scale=1):
             best_text = gr.Textbox(label="Best output", lines=4, elem_id=f"best-{modality}",
                                    visible=kind not in (image_kind, audio_kind))
-            best_image = gr.Image(label="Best output", type="pil", format="png", height=320, elem_id=f"best-image-{modality}",
-                                  visible=kind is image_kind, interactive=False)
-            best_audio = gr.Audio(label="Best output", type="numpy", elem_id=f"best-audio-{modality}",
+            best_image = gr.Image(label="Best output", type="pil", format="png", height=320,
+                                  elem_id=f"best-image-{modality}", visible=kind is image_kind, interactive=False)
+            best_audio = gr.Audio(label="Best output", type="numpy", format="wav",
+                                  elem_id=f"best-audio-{modality}",
                                   visible=kind is audio_kind, interactive=False)
             summary = gr.Markdown(elem_id=f"compute-{modality}")
             table = gr.Dataframe(headers=["#", "seed", "score", "output"], label="Candidates", wrap=True,

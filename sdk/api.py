@@ -71,10 +71,13 @@ def load_verifier(modality: str, spec: str | Path, model=None, **options):
         from ponder.search.verifiers import ensemble
 
         return ensemble([load_verifier(modality, part, model=model, **options) for part in parts], name=spec)
-    check_verifier_name(modality_spec, spec)
+    if not parts:
+        raise ConfigError(f"verifier {spec!r} names no verifier")
+    name = parts[0]  # "prm," is "prm"
+    check_verifier_name(modality_spec, name)
     if modality_spec.load_verifier is None:
         raise ConfigError(f"the {modality} modality has no verifiers")
-    return modality_spec.load_verifier(spec, model=model, **options)
+    return modality_spec.load_verifier(name, model=model, **options)
 
 
 # strategies that run on a `Denoiser` (the rest read tokens or steps of text)

@@ -31,7 +31,8 @@ def plugin(tmp_path_factory):
     info = site / "ponder_toy_notes-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ponder-toy-notes\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ponder.modalities]\ntoy-notes = ponder_toy_notes:SPEC\n")
+    (info / "entry_points.txt").write_text("[ponder.modalities]\ntoy-notes = ponder_toy_notes:SPEC\n"
+                                           "toy-tones = ponder_toy_notes:TONES_SPEC\n")
     sys.path.insert(0, str(site))
     registry.cache_clear()
     import ponder_toy_notes
@@ -179,3 +180,33 @@ def test_an_unregistered_modality_is_one_clear_error_on_every_surface(tmp_path, 
         jobs.load_job(job_file)
     with pytest.raises(ConfigError, match="unknown modality 'nope'"):
         build_app(modalities=("nope",))
+
+
+def test_audio_outputs_become_wav_files_and_a_player_in_the_demo(plugin, model_folder, tmp_path, capsys):
+    import wave
+
+    from gradio_client import Client
+
+    from ponder.cli import main
+    from ponder.demos.app import build_app
+
+    out = tmp_path / "tones"
+    assert main(["generate", "toy-tones", "--model", str(model_folder), "--prompt", "C", "--strategy", "best-of-n",
+                 "--n", "2", "--verifier", "loudness", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "best.wav")
+    with wave.open(str(out / "best.wav")) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, plugin.RATE)
+        assert w.getnframes() % (plugin.RATE // 10) == 0 and w.getnframes() > 0
+    app = build_app(modalities=("toy-tones",))
+    app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False)
+        best_text, best_image, best_audio, compute, table, gallery, plot = client.predict(
+            str(model_folder), "C", "best-of-n", "loudness", "plain", 2, 0, 1.0, 4, 0, "",
+            api_name="/generate_toy-tones")
+        assert best_audio["visible"] and not best_text["visible"] and not best_image["visible"]
+        with wave.open(best_audio["value"]) as w:  # the player's file: the best clip as PCM WAV
+            assert w.getframerate() == plugin.RATE and w.getnframes() > 0
+        assert all(row[3].startswith("<audio ") and f"{plugin.RATE} Hz" in row[3] for row in table["data"])
+    finally:
+        app.close()

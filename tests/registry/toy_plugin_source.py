@@ -126,3 +126,49 @@ def write_model(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "table.txt").write_text("1 2 1 1\n2 1 1 1\n1 1 1 2\n1 1 1 1\n2 2 1 0\n")
     return folder
+
+
+# ---- a second throwaway modality whose outputs are audio: the same chain, each note a short sine tone ----
+
+RATE = 8000
+PITCH = {"C": 261.63, "E": 329.63, "G": 392.0}
+
+
+class TonesModel(NotesModel):
+    modality = "toy-tones"
+
+    def decode(self, ids):
+        from ponder.search.core import Audio
+
+        notes = super().decode(ids).notes
+        t = torch.arange(RATE // 10) / RATE  # 0.1 s per note
+        parts = [0.5 * torch.sin(2 * torch.pi * PITCH[n] * t) for n in notes] or [torch.zeros(RATE // 10)]
+        return Audio(torch.cat(parts), RATE)
+
+
+def _load_tones(folder, *, name=None):
+    folder = Path(folder)
+    if not (folder / "table.txt").is_file():
+        raise ModelLoadError(f"tones model folder {str(folder)!r} has no table.txt")
+    return TonesModel(folder, name or folder.name)
+
+
+class Loudness:
+    """Verifier: RMS level of the clip."""
+
+    name = "loudness"
+
+    def score(self, prompt, outputs):
+        return torch.tensor([float(o.waveform.pow(2).mean().sqrt()) for o in outputs])
+
+
+TONES_SPEC = ModalitySpec(
+    name="toy-tones",
+    summary="the notes chain rendered as sine tones (a test plug-in with audio outputs)",
+    load=_load_tones,
+    output_kind="audio",
+    verifiers=("loudness",),
+    default_verifier="loudness",
+    load_verifier=lambda spec, *, model=None, **options: Loudness(),
+    examples=("C",),
+)
