@@ -163,6 +163,7 @@ class Option:
     keywords: tuple[str, ...] = ()  # the keywords `parse` produces (default: (name,))
     parse: Callable[[str], dict] | None = None
     check: Callable[[Any], Any] | None = None
+    cli: bool = True  # False: a keyword of Python and job files only (no CLI flag)
 
     @property
     def cli_flag(self) -> str:

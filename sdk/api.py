@@ -80,26 +80,30 @@ def load_verifier(modality: str, spec: str | Path, model=None, **options):
     return modality_spec.load_verifier(name, model=model, **options)
 
 
-# strategies that run on a `Denoiser` (the rest read tokens or steps of text)
-DENOISER_STRATEGIES = ("sample", "best-of-n", "worst-of-n", "noise-random", "noise-zero-order", "noise-paths")
+def _denoiser_strategies() -> tuple[str, ...]:
+    """Strategies that run on a `Denoiser` (the rest read tokens or steps of text)."""
+    from ponder.search.scaling import NOISE_STRATEGIES
+
+    return ("sample", "best-of-n", "worst-of-n", *NOISE_STRATEGIES)
 
 
 def _check_model_fit(model, strategy: str, decoder, draft, calibrate, steps) -> None:
     """ConfigError for options that do not fit the loaded model: token decoders, drafts and calibration
     on a diffusion model; denoising steps or noise search on a token model."""
     from ponder.search.core import Denoiser
+    from ponder.search.scaling import NOISE_STRATEGIES
 
     key = strategy.replace("_", "-") if isinstance(strategy, str) else strategy
     if not isinstance(model, Denoiser):
         if steps is not None:
             raise ConfigError("steps (denoising steps) applies to diffusion models; this model decodes tokens")
-        if isinstance(key, str) and key.startswith("noise-"):
+        if key in NOISE_STRATEGIES:
             raise ConfigError(f"strategy {strategy!r} searches the initial noise of a diffusion model; "
                               f"{getattr(model, 'name', 'this model')} decodes tokens")
         return
-    if key not in DENOISER_STRATEGIES:
+    if key not in _denoiser_strategies():
         raise ConfigError(f"strategy {strategy!r} does not run on a diffusion model; use one of "
-                          f"{', '.join(DENOISER_STRATEGIES)}")
+                          f"{', '.join(_denoiser_strategies())}")
     if decoder != "plain":
         raise ConfigError(f"decoder {decoder!r} decodes tokens; a diffusion model denoises (its sampler is set at "
                           "load time, e.g. sampler='ddim')")
@@ -171,7 +175,7 @@ def generate(
             per prompt (InfAlign's calibrated reward) instead of its raw score.
             For a diffusion model (`Denoiser`) the token options (decoder, draft, sampling,
             max_new_tokens, stop, stream, calibrate) do not apply; pass ``steps=K`` (denoising steps)
-            and a strategy of `DENOISER_STRATEGIES`.
+            and a strategy that runs on a Denoiser (sample, best-of-n, worst-of-n, the noise searches, ditto, ditto-2).
         lossless: refuse lossy decoders (bild, ead, medusa with acceptance="typical") with a
             ConfigError; ``result.config["lossy"]`` says whether the run's decoder was lossy.
         options: strategy-specific options (e.g. beam_width, weight_temperature, resampling,
@@ -203,6 +207,8 @@ def generate(
                                             max_new_tokens=max_new_tokens)
     if isinstance(draft, (str, Path)):
         draft = load(modality, draft)
+    if isinstance(options.get("student"), (str, Path)):  # DITTO-2's one-step student, a model spec
+        options["student"] = load(modality, options["student"])
     auto_choice = None
     if decoder == "auto":
         decoder, draft, auto_choice = _resolve_auto(model, draft, n, sampling, options)

@@ -166,12 +166,12 @@ def _add_generate(sub) -> None:
                      help="denoising steps per sample, for diffusion models (positive; default: the model's)")
     seen: dict[str, list[str]] = {}
     for spec in specs.values():
-        for option in spec.options:
+        for option in _cli_options(spec):
             seen.setdefault(option.cli_flag, []).append(spec.name)
     groups: dict[tuple[str, ...], object] = {}
     added: set[str] = set()
     for spec in specs.values():
-        for option in spec.options:
+        for option in _cli_options(spec):
             flag = option.cli_flag
             if flag in added:
                 continue
@@ -197,21 +197,25 @@ def _add_generate(sub) -> None:
     gen.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
+def _cli_options(spec) -> list:
+    return [o for o in spec.options if o.cli]
+
+
 def _modality_options(args, spec) -> tuple[dict, dict]:
     """The modality flags given, as (load options, generate options); a flag of another modality is one
     ConfigError naming whose it is."""
     from ponder.modalities import registry
 
     load, generate = {}, {}
-    mine = {o.cli_flag: o for o in spec.options}
+    mine = {o.cli_flag: o for o in _cli_options(spec)}
     for other in registry.specs().values():
-        for option in other.options:
+        for option in _cli_options(other):
             flag = option.cli_flag
             value = getattr(args, "opt_" + flag[2:].replace("-", "_"), None)
             if value is None or (flag in mine and mine[flag] is not option):
                 continue
             if flag not in mine:
-                owners = [s.name for s in registry.specs().values() if flag in {o.cli_flag for o in s.options}]
+                owners = [s.name for s in registry.specs().values() if flag in {o.cli_flag for o in _cli_options(s)}]
                 raise ConfigError(f"{flag} is an option of {' and '.join(owners)} models, not {spec.name!r}")
             keywords = {option.name: True} if option.type is bool else option.from_cli(value)
             (load if option.stage == "load" else generate).update(keywords)

@@ -5,15 +5,16 @@
   output (epsilon, v, sample, flow) as (x0, eps).
 * `denoiser`: `DiffusionDenoiser`, the generic `Denoiser` a modality subclasses, and the `Family`
   protocol a model family (UNet, DiT, SD, ...) implements with its conditioning and network call.
-* `chain`: `sample_chain`, the whole sampler x_T -> x0 with optional gradient checkpointing per step.
+* `sample_chain` (from `ponder.search.scaling.sample_chain`, where DITTO reads it): the whole sampler x_T -> x0
+  with optional gradient checkpointing per step.
 
 Nothing here disables gradients: the caller decides whether they flow.
 """
 
 from __future__ import annotations
 
-from ponder.modalities.diffusion.chain import sample_chain
 from ponder.modalities.diffusion.denoiser import Condition, DiffusionDenoiser, Family
 from ponder.modalities.diffusion.samplers import SAMPLERS, Sampler, make_sampler
+from ponder.search.scaling.sample_chain import sample_chain
 
 __all__ = ["SAMPLERS", "Condition", "DiffusionDenoiser", "Family", "Sampler", "make_sampler", "sample_chain"]

@@ -12,7 +12,7 @@ of that call is one NFE.
 
 Gradients: nothing here disables autograd. The caller decides — search strategies wrap their loops
 in ``torch.no_grad()``; noise optimisation marks x_T ``requires_grad`` and backpropagates through
-`sample` (or `ponder.modalities.diffusion.chain.sample_chain`) and `decode_tensor`.
+`sample` (or `ponder.search.scaling.sample_chain.sample_chain`) and `decode_tensor`.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class DiffusionDenoiser:
     def sample(self, x_T: torch.Tensor, cond: Condition, steps: int, *, checkpoint: bool = False) -> torch.Tensor:
         """Denoise x_T [B, ...] through `steps` deterministic steps to clean samples [B, ...]; with
         `checkpoint` each step's activations are recomputed in backward instead of kept."""
-        from ponder.modalities.diffusion.chain import sample_chain
+        from ponder.search.scaling.sample_chain import sample_chain
 
         return sample_chain(self, x_T, cond, self.timesteps(steps), checkpoint=checkpoint)
 

@@ -70,6 +70,12 @@ def _guidance(value):
     return check_number("guidance_scale", value, minimum=1.0, what="classifier-free guidance; 1 = off")
 
 
+def _default_steps(value):
+    from ponder.errors import check_int
+
+    return check_int("steps", value, what="default denoising steps")
+
+
 def _zoo(name: str, kind: str, summary: str, recipe: str) -> ZooEntry:
     return ZooEntry(name, "image", kind, summary, recipe=recipe, root=ZOO_DIR)
 
@@ -99,6 +105,8 @@ SPEC = ModalitySpec(
                "VAE / network factor)", metavar="HxW", keywords=("height", "width"), parse=_size),
         Option("guidance_scale", "classifier-free guidance (>= 1; 1 = off)", type=float, check=_guidance),
         Option("sampler", f"{' | '.join(SAMPLERS)} (default: the scheduler's kind)", check=_sampler),
+        Option("steps", "the loaded diffusion model's default denoising steps (generate's steps= overrides it)",
+               type=int, cli=False, check=_default_steps),
     ),
     examples=("7", "3", "0"),
     option_hint="{steps: 10} or {step_size: 0.5}",

@@ -57,7 +57,8 @@ class ClassifierVerifier:
     def __init__(self, model, processor, *, name: str = "classifier", score: str = "prob"):
         if score not in SCORES:
             raise ConfigError(f"unknown classifier score {score!r}; allowed: {', '.join(SCORES)}")
-        self.model, self.processor, self.name, self.kind = model.eval(), processor, name, score
+        # frozen: noise optimisation differentiates through the classifier, never into it
+        self.model, self.processor, self.name, self.kind = model.eval().requires_grad_(False), processor, name, score
         id2label = model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
         self.mode = "L" if getattr(model.config, "num_channels", 3) == 1 else "RGB"
@@ -101,11 +102,46 @@ class ClassifierVerifier:
         label = self.class_index(prompt)
         if not images:
             return torch.zeros(0)
-        logits = self.logits(images)  # [N, K]
+        return self._pick(self.logits(images), label)  # [N]
+
+    def _pick(self, logits: torch.Tensor, label: int) -> torch.Tensor:
         if self.kind == "logit":
             return logits[:, label]
         logp = logits.log_softmax(-1)[:, label]  # [N]
         return logp if self.kind == "logprob" else logp.exp()
+
+    def pixel_values(self, x: torch.Tensor) -> torch.Tensor:
+        """What the image processor makes of images, as a differentiable function of pixel tensors.
+
+        x: [N, C, H, W] in [-1, 1] (a denoiser's `decode_tensor`). The processor's rescale to [0, 1],
+        grey -> RGB (or RGB -> grey, ITU-R 601), bilinear resize and mean / std normalisation, without
+        the uint8 rounding of the PIL path. -> [N, C', h, w]
+        """
+        import torch.nn.functional as F
+
+        proc = self.processor
+        x = x.float() / 2 + 0.5  # [N, C, H, W] in [0, 1]
+        channels = 1 if self.mode == "L" else 3
+        if x.shape[1] != channels:
+            if channels == 3:
+                x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+            else:
+                x = (x[:, :3] * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        size = getattr(proc, "size", None) or {}
+        height, width = size.get("height"), size.get("width")
+        if getattr(proc, "do_resize", False) and height and width and tuple(x.shape[-2:]) != (height, width):
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        if getattr(proc, "do_normalize", False):
+            mean = torch.tensor(proc.image_mean[:channels]).view(1, channels, 1, 1)
+            std = torch.tensor(proc.image_std[:channels]).view(1, channels, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    def score_tensor(self, prompt: Any, x: torch.Tensor) -> torch.Tensor:
+        """The same score as `score`, differentiable in the pixel tensor x [N, C, H, W] in [-1, 1]. -> [N]"""
+        label = self.class_index(prompt)
+        logits = self.model(pixel_values=self.pixel_values(x)).logits.float()  # [N, K]
+        return self._pick(logits, label)
 
 
 class ClipVerifier:
@@ -161,6 +197,18 @@ class FeatureStatsVerifier:
             grad_y = np.abs(np.diff(luma, axis=0)).mean() if luma.shape[0] > 1 else 0.0
             scores.append(luma.std() + (grad_x + grad_y) / 2)
         return torch.tensor(scores, dtype=torch.float32)  # [N]
+
+    def score_tensor(self, prompt: Any, x: torch.Tensor) -> torch.Tensor:
+        """The same statistics on pixel tensors x [N, C, H, W] in [-1, 1], differentiable. -> [N]"""
+        x = (x / 2 + 0.5).clamp(0, 1)  # what the PNG holds: [0, 1]
+        if x.shape[1] >= 3:
+            luma = (x[:, :3] * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)).sum(1)
+        else:
+            luma = x[:, 0]  # [N, H, W]
+        flat = luma.flatten(1)
+        grad_x = (luma[:, :, 1:] - luma[:, :, :-1]).abs().flatten(1).mean(1) if luma.shape[2] > 1 else 0.0
+        grad_y = (luma[:, 1:] - luma[:, :-1]).abs().flatten(1).mean(1) if luma.shape[1] > 1 else 0.0
+        return flat.std(1, unbiased=False) + (grad_x + grad_y) / 2  # [N]
 
 
 def load_image_verifier(spec: str, zoo_folder=None, **options):

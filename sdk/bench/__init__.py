@@ -57,6 +57,12 @@ def _images(**kw):
     return run(**kw)
 
 
+def _images_ditto(**kw):
+    from ponder.bench.images_ditto import run
+
+    return run(**kw)
+
+
 BENCHES: dict[str, BenchSpec] = {
     "text-overhead": BenchSpec("ponder plain decoding vs HF generate on zoo:arith (tokens/s ratio, goal >= 0.9)",
                                _text_overhead),
@@ -70,6 +76,8 @@ BENCHES: dict[str, BenchSpec] = {
                              "lookup on zoo:arith (goals: >= 2.0x plain at T=0, >= 1.3x HF assisted)", _speculative),
     "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
                         "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
+    "images-ditto": BenchSpec("zoo:digits DITTO / DITTO-2 noise optimisation (classifier log-prob) vs plain sampling "
+                              "and random search at DITTO-2's wall time, on a held-out judge", _images_ditto),
 }
 
 

@@ -5,7 +5,7 @@
 Names (CLI ``--strategy`` and ``ponder.generate(strategy=...)``; ``_`` and ``-`` are the same):
 sample, best-of-n, weighted-best-of-n, worst-of-n, self-consistency, rpc, beam, dvts, diverse-beam,
 particles, compute-optimal, adaptive; over a diffusion `Denoiser`: noise-random, noise-zero-order,
-noise-paths.
+noise-paths, and the noise optimisers ditto and ditto-2 (with a differentiable verifier).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from ponder.search.scaling.adaptive import adaptive
 from ponder.search.scaling.beam_search import beam_search
 from ponder.search.scaling.best_of_n import best_of_n, coverage, pass_at_k, weighted_best_of_n, worst_of_n
 from ponder.search.scaling.compute_optimal import compute_optimal
+from ponder.search.scaling.ditto import ditto
+from ponder.search.scaling.ditto2 import ditto2
 from ponder.search.scaling.diverse_beam import diverse_beam
 from ponder.search.scaling.dvts import dvts
 from ponder.search.scaling.noise_paths import noise_paths
@@ -43,9 +45,11 @@ STRATEGIES: dict[str, Callable] = {
     "noise-random": noise_random,
     "noise-zero-order": noise_zero_order,
     "noise-paths": noise_paths,
+    "ditto": ditto,
+    "ditto-2": ditto2,
 }
-# strategies that search over a diffusion model's noise (they need a Denoiser)
-NOISE_STRATEGIES = ("noise-random", "noise-zero-order", "noise-paths")
+# strategies that search over (or optimise) a diffusion model's noise (they need a Denoiser)
+NOISE_STRATEGIES = ("noise-random", "noise-zero-order", "noise-paths", "ditto", "ditto-2")
 # strategies that read partial outputs step by step (they need a process verifier)
 STEP_STRATEGIES = ("beam", "dvts", "diverse-beam", "particles")
 
@@ -56,6 +60,6 @@ def get_strategy(name: str) -> Callable:
 
 
 __all__ = ["NOISE_STRATEGIES", "STEP_STRATEGIES", "STRATEGIES", "adaptive", "beam_search", "best_of_n",
-           "compute_optimal", "coverage", "diverse_beam", "dvts", "get_strategy", "noise_paths", "noise_random",
-           "noise_zero_order", "pass_at_k", "particle_filter", "rpc", "sample",
+           "compute_optimal", "coverage", "ditto", "ditto2", "diverse_beam", "dvts", "get_strategy", "noise_paths",
+           "noise_random", "noise_zero_order", "pass_at_k", "particle_filter", "rpc", "sample",
            "self_consistency", "weighted_best_of_n", "worst_of_n"]

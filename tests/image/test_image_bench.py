@@ -40,3 +40,26 @@ def test_quick_images_bench_has_the_json_shape_and_equal_nfe_rows(tmp_path, monk
     for g in report["goals"]:
         assert set(g) == {"name", "target", "value", "met"} and isinstance(g["met"], bool)
     assert (tmp_path / "images.png").stat().st_size > 0 and (tmp_path / "images-grid.png").stat().st_size > 0
+
+
+def test_quick_ditto_bench_reports_every_method_with_standard_errors(monkeypatch):
+    import ponder.bench.images_ditto as bench
+
+    monkeypatch.setattr(bench, "STEPS", 3)
+    monkeypatch.setattr(bench, "OPT_STEPS", 2)
+    monkeypatch.setattr(bench, "OPT_STEPS_2", 2)
+    report = run("images-ditto", quick=True)
+    methods = [r["method"] for r in report["rows"] if "images" in r]
+    assert methods[:3] == ["ditto", "ditto-2", "plain"] and methods[3].startswith("random (N=")
+    for row in report["rows"]:
+        if "images" in row:
+            assert row["images"] == 2 * bench.QUICK_SEEDS and row["logprob_se"] >= 0 and 0 <= row["judge_prob"] <= 1
+    ditto_row = next(r for r in report["rows"] if r["method"] == "ditto")
+    assert ditto_row["backward_per_image"] == 2 and ditto_row["nfe_per_image"] == 3 * (2 * 2 + 1)
+    assert [g["name"] for g in report["goals"]][0].startswith("DITTO logprob gain")
+
+
+def test_mean_and_standard_error():
+    from ponder.bench.images_ditto import mean_se
+
+    assert mean_se([1.0, 3.0]) == (2.0, 1.0) and mean_se([5.0]) == (5.0, 0.0)
