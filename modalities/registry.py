@@ -164,6 +164,7 @@ class Option:
     parse: Callable[[str], dict] | None = None
     check: Callable[[Any], Any] | None = None
     cli: bool = True  # False: a keyword of Python and job files only (no CLI flag)
+    repeat: bool = False  # the flag may be given several times; the keyword gets the list of values
 
     @property
     def cli_flag(self) -> str:
@@ -174,7 +175,9 @@ class Option:
         """The keywords this option stands for in `ponder.load` / `ponder.generate`."""
         return self.keywords or (self.name,)
 
-    def from_cli(self, text: str) -> dict:
+    def from_cli(self, text: str | list[str]) -> dict:
+        if self.repeat:  # every value as given; `check` sees the whole list
+            return {self.name: self.checked(list(text))}
         if self.parse is not None:
             return self.parse(text)
         try:
@@ -270,6 +273,9 @@ class ModalitySpec:
         tasks: zoo tasks `ponder zoo sample NAME` can draw from: ``task(split=, count=, seed=,
             **options) -> [{"prompt", "answer", "solution", "split"}]``.
         benches: benchmarks the modality adds to `ponder bench`.
+        adapt: ``adapt(model, verifier, options) -> (verifier, options)``, called by `ponder.generate`
+            after the model loads: turns the modality's own generate options into what strategies take
+            (e.g. music's ``controls`` become the verifier DITTO optimises). None: options pass as they are.
         order: where lists, help texts and demo tabs put the modality (lower first, then by name).
     """
 
@@ -289,6 +295,7 @@ class ModalitySpec:
     tasks: Mapping[str, Callable[..., list[dict]]] = field(default_factory=dict)
     benches: Mapping[str, BenchEntry] = field(default_factory=dict)
     order: int = 100  # where lists, help and demo tabs put it (lower first; ties by name)
+    adapt: Callable[[Any, Any, dict], tuple[Any, dict]] | None = None
 
     @property
     def kind(self) -> OutputKind:

@@ -209,6 +209,8 @@ def generate(
         draft = load(modality, draft)
     if isinstance(options.get("student"), (str, Path)):  # DITTO-2's one-step student, a model spec
         options["student"] = load(modality, options["student"])
+    if spec.adapt is not None:  # the modality's own generate options become what strategies take
+        verifier, options = spec.adapt(model, verifier, options)
     auto_choice = None
     if decoder == "auto":
         decoder, draft, auto_choice = _resolve_auto(model, draft, n, sampling, options)

@@ -40,6 +40,10 @@ STRATEGY_FLAGS = [
     ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup, aded, layer-skip, medusa, bild, ead: tokens "
                         "drafted per step (most, for adaptive ones); tree, rsd, spectr, token-recycling: draft tree "
                         "depth; dyspec: most expansion rounds"),
+    ("--opt-steps", int, "ditto, ditto-2: Adam steps on the initial noise (default 20)"),
+    ("--lr", float, "ditto, ditto-2: Adam step size on the initial noise (default 0.05)"),
+    ("--student", str, "ditto-2: a one-step student of the model (zoo:NAME or folder; default: the model's own "
+                       "one-step x0 prediction)"),
     ("--threshold", float, "spec-adaptive: stop drafting once P(any rejection) exceeds this, in (0, 1); "
                            "dyspec: smallest draft path probability a tree node needs, in [0, 1)"),
 ]
@@ -182,6 +186,9 @@ def _add_generate(sub) -> None:
             dest = "opt_" + flag[2:].replace("-", "_")
             if option.type is bool:
                 groups[owners].add_argument(flag, dest=dest, action="store_true", default=None, help=option.help)
+            elif option.repeat:
+                groups[owners].add_argument(flag, dest=dest, action="append", default=None, help=option.help,
+                                            metavar=option.metavar or option.name.upper())
             else:
                 groups[owners].add_argument(flag, dest=dest, default=None, help=option.help,
                                             metavar=option.metavar or option.name.upper())

@@ -253,8 +253,8 @@ def check_verifier_name(spec, part: str) -> None:
     from ponder import zoo
 
     bare = part.removeprefix("zoo:")
-    if bare in spec.verifiers or looks_like_path(part):
-        return
+    if bare in spec.verifiers or bare.partition("=")[0] in spec.verifiers or looks_like_path(part):
+        return  # a name, NAME=VALUE (a verifier with its target, e.g. a music control), or a folder
     owners = [s for s in registry.specs().values() if s.name != spec.name and bare in s.verifiers]
     if owners:
         raise ConfigError(f"verifier {part!r} scores {owners[0].kind.many}, not {spec.kind.many}; "
