@@ -135,3 +135,19 @@ def test_ditto_on_zoo_digits_raises_the_classifiers_log_probability():
     after = [c.score for c in res.candidates]
     assert all(a >= b for a, b in zip(after, before)) and sum(after) / 4 > sum(before) / 4 + 0.05
     assert res.config["diversity"] > 0  # the modality's measure, recorded by ponder.generate
+
+
+@pytest.mark.parametrize("name", ["classifier", "aesthetic"])
+def test_differentiable_image_scores_equal_the_png_path(name):
+    from ponder.search.core import candidate_generators
+
+    model = ponder.load("image", "zoo:digits")
+    verifier = ponder.load_verifier("image", name)
+    with torch.no_grad():
+        x0 = model.sample(model.noise(candidate_generators(0, range(4))), model.condition("7", 4), 8)
+        on_png = verifier.score("7", model.decode(x0))
+    pixels = model.decode_tensor(x0).requires_grad_(True)
+    on_tensor = verifier.score_tensor("7", pixels)  # [4]
+    assert torch.allclose(on_tensor.detach(), on_png, atol=5e-3)  # the PNG rounds pixels to 1/255
+    on_tensor.sum().backward()
+    assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
