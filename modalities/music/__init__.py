@@ -1,0 +1,1 @@
+"""Music: audio diffusion models, controls and the tones zoo."""
