@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.modalities.diffusion.samplers import Sampler, forward_process, renoise_scales, split_prediction
 
 
@@ -91,8 +91,7 @@ class DiffusionDenoiser:
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale) or guidance_scale < 1.0:
             raise ConfigError(f"guidance_scale must be a number >= 1 (1 = no guidance), got {guidance_scale!r}")
-        if isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps <= 0:
-            raise ConfigError(f"steps must be a positive integer, got {default_steps!r}")
+        check_int("steps", default_steps, what="default denoising steps")
         self.family = family
         self.sampler = sampler
         self.name = name
@@ -111,8 +110,7 @@ class DiffusionDenoiser:
 
     def timesteps(self, steps: int) -> list[float]:
         """steps + 1 times, noisiest first; `step` between consecutive ones costs one NFE per row."""
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        check_int("steps", steps, what="denoising steps")
         return self.sampler.times(steps)
 
     def noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:

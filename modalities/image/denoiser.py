@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ponder.errors import ConfigError, ModelLoadError
+from ponder.errors import ConfigError, ModelLoadError, check_int
 from ponder.modalities.diffusion.denoiser import Condition, DiffusionDenoiser
 from ponder.modalities.diffusion.samplers import SAMPLERS, make_sampler
 from ponder.modalities.image.families import FAMILIES
@@ -122,8 +122,8 @@ class DiffusersDenoiser(DiffusionDenoiser):
         if kind not in FAMILIES:
             raise ModelLoadError(f"{str(folder)!r} holds a {kind or 'pipeline of unknown class'}; ponder's image "
                                  f"denoiser supports {', '.join(sorted(FAMILIES))}")
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        if steps is not None:
+            check_int("steps", steps, what="denoising steps")
         family_cls = FAMILIES[kind]
         import diffusers
         from diffusers.utils import logging as df_logging

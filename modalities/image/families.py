@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 
-from ponder.errors import ConfigError, InputError, ModelLoadError
+from ponder.errors import ConfigError, InputError, ModelLoadError, check_int
 from ponder.modalities.diffusion.denoiser import Condition
 
 
 def _positive_pixels(what: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{what} must be a positive integer of pixels, got {value!r}")
+    check_int(what, value, what="pixels")
     return value
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.jobs.spec import Item, Job
 from ponder.jobs.store import OutputDir
 from ponder.jobs.worker import Outcome, Worker
@@ -145,8 +145,8 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
-    if workers is not None and workers <= 0:
-        raise ConfigError(f"workers must be a positive integer, got {workers}")
+    if workers is not None:
+        check_int("workers", workers)
     if num_gpus < 0 or num_cpus <= 0:
         raise ConfigError(f"num_cpus must be > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
     if backend == "ray":

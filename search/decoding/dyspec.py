@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
 from ponder.search.decoding.chain import check_draft_len
@@ -102,8 +102,7 @@ def dyspec(
     """
     check_draft_len(draft_len)
     check_tree_width(tree_width)
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-        raise ConfigError(f"budget must be a positive integer (draft tokens per step), got {budget!r}")
+    check_int("budget", budget, what="draft tokens per step")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
         raise ConfigError(f"threshold must be in [0, 1) (smallest path value expanded), got {threshold!r}")
 

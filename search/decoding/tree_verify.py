@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams, probs_from_logits
 from ponder.kernels.tree import pack_trees, path_index, tree_mask
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
@@ -343,8 +343,7 @@ def _tree_loop(model: SequenceModel, prompt_ids, make_proposer: MakeProposer, *,
 
 def check_tree_width(tree_width) -> int:
     """ConfigError unless tree_width (children per node) is a positive integer."""
-    if isinstance(tree_width, bool) or not isinstance(tree_width, int) or tree_width <= 0:
-        raise ConfigError(f"tree_width must be a positive integer (children per node), got {tree_width!r}")
+    check_int("tree_width", tree_width, what="children per node")
     return tree_width
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from math import comb
 from typing import Any
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.search.core import Candidate, Compute, Result, Verifier
 from ponder.search.scaling.common import answer_function, decode_and_score, finish, require_verifier
 
@@ -97,8 +97,7 @@ def weighted_best_of_n(model, prompt: Any, verifier: Verifier | None = None, *, 
 
 def coverage(correct: Sequence[bool], k: int) -> float:
     """1.0 when any of the first `k` outputs is correct (Large Language Monkeys' coverage)."""
-    if k <= 0:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_int("k", k)
     return float(any(correct[:k]))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Candidate, Compute, Denoiser, Verifier, candidate_generators, candidate_seed
 from ponder.search.core.capabilities import AnswerExtractor, LengthChecked, display_name
@@ -34,8 +34,7 @@ def decoder_name(decoder: str | Callable) -> str:
 
 
 def check_n(n: int) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise ConfigError(f"n must be a positive integer (number of candidates), got {n!r}")
+    check_int("n", n, what="number of candidates")
 
 
 def decode_candidates(
@@ -69,8 +68,7 @@ def decode_candidates(
         return denoise_candidates(model, prompt, n=n, seed=seed, compute=compute, indices=indices,
                                   **decoder_options)
     sampling = checked_sampling(sampling or SamplingParams())
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens)
     decode_fn = get_decoder(decoder) if isinstance(decoder, str) else decoder
     indices = list(range(n)) if indices is None else list(indices)
     prompt_ids = model.encode(prompt)

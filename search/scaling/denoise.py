@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.search.core import (
     Candidate,
     Compute,
@@ -35,9 +35,7 @@ DEFAULT_STEPS = 20  # for a Denoiser that has no default_steps of its own
 
 def check_steps(steps: Any) -> int:
     """`steps`, checked to be a positive integer (ConfigError otherwise)."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-        raise ConfigError(f"steps must be a positive integer (denoising steps), got {steps!r}")
-    return steps
+    return check_int("steps", steps, what="denoising steps")
 
 
 def default_steps(model) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.search.core import (
     Candidate,
     Compute,
@@ -31,9 +31,7 @@ from ponder.search.scaling.denoise import check_steps, default_steps, model_name
 
 def positive_int(name: str, value: Any) -> int:
     """`value` if it is a positive integer, else a ConfigError naming `name`."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(name, value)
 
 
 def no_extra_options(strategy: str, options: dict, allowed: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams, generator_seed, make_generators
 from ponder.search.core import Candidate, Compute, ProcessVerifier, Verifier
 from ponder.search.core.capabilities import LengthChecked, SteppedModel, display_name
@@ -52,8 +52,7 @@ def require_process_verifier(verifier: Verifier | None, strategy: str) -> Proces
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    check_int(name, value)
     return value
 
 
@@ -96,8 +95,7 @@ class Stepper:
                  step_end: StepEnd | None = None, stream=None, **decoder_options):
         from ponder.search.decoding import get_decoder
 
-        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens)
         self.model, self.prompt, self.seed, self.compute = model, prompt, seed, compute
         self.decode_fn = get_decoder(decoder) if isinstance(decoder, str) else decoder
         self.decoder_name = decoder_name(decoder)
