@@ -228,8 +228,22 @@ def verifier_parts(spec, verifier: str) -> list[str]:
     if verifier == "ensemble":
         return list(spec.ensemble)
     if "," in verifier and not Path(verifier).exists():
-        return [p.strip() for p in verifier.split(",") if p.strip()]
+        return [p.strip() for p in _top_level_split(verifier) if p.strip()]
     return [verifier]
+
+
+def _top_level_split(text: str) -> list[str]:
+    """`text` split at commas outside brackets: ``melody=[60,62],loop=0.5`` -> two parts."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def looks_like_path(text: str) -> bool:

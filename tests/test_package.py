@@ -48,8 +48,9 @@ def test_ponders_own_modalities_register_through_the_entry_point_group():
     from ponder.modalities import registry
 
     points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][registry.ENTRY_POINT_GROUP]
-    assert points == {"text": "ponder.modalities.text.spec:SPEC", "image": "ponder.modalities.image.spec:SPEC"}
-    assert {"text", "image"} <= set(registry.names())
+    assert points == {"text": "ponder.modalities.text.spec:SPEC", "image": "ponder.modalities.image.spec:SPEC",
+                      "music": "ponder.modalities.music.spec:SPEC"}
+    assert {"text", "image", "music"} <= set(registry.names())
 
 
 def _room(module: str) -> str:

@@ -75,7 +75,7 @@ def test_options_of_one_modality_are_refused_by_another_by_name(plugin, model_fo
 
     with pytest.raises(ConfigError, match="load option 'bias' belongs to toy-notes models, not text"):
         ponder.load("text", "zoo:arith", bias=1.0)
-    with pytest.raises(ConfigError, match="load option 'sampler' belongs to image models, not toy-notes"):
+    with pytest.raises(ConfigError, match="load option 'sampler' belongs to image (and music )?models, not toy-notes"):
         ponder.load("toy-notes", model_folder, sampler="ddim")
     with pytest.raises(ConfigError, match="verifier 'orm' scores text, not notess|scores text"):
         ponder.load_verifier("toy-notes", "orm")
