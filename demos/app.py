@@ -200,6 +200,17 @@ def scaling_curve(payload: dict) -> list[dict]:
     return points
 
 
+def optimisation_curve(payload: dict) -> list[dict]:
+    """Each candidate's score per optimisation step (DITTO's ``score_history``, DITTO-2's surrogate's),
+    for the demo's plot; empty when the strategy optimised nothing."""
+    points = []
+    for i, cand in enumerate(payload["candidates"]):
+        meta = cand.get("meta") or {}
+        values = meta.get("score_history") or meta.get("surrogate_history") or []
+        points += [{"step": step, "score": value, "candidate": f"#{i}"} for step, value in enumerate(values)]
+    return points
+
+
 def compute_summary(payload: dict) -> str:
     c = payload["compute"]
     best = payload["best"]
@@ -282,6 +293,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             gallery = gr.Gallery(label="Candidates", visible=False, format="png", elem_id=f"gallery-{modality}")
             plot = gr.LinePlot(x="N", y="best score", title="Best score vs N", label="Scaling",
                                elem_id=f"scaling-{modality}")
+            history = gr.LinePlot(x="step", y="score", color="candidate", title="Score per optimisation step",
+                                  label="Optimisation", visible=False, elem_id=f"history-{modality}")
             with gr.Row():
                 which = gr.Number(value=0, precision=0, label="Candidate # to re-render")
                 again = gr.Button("Re-render from its seed")
@@ -289,6 +302,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             again_image = gr.Image(label="Re-rendered candidate", type="pil", format="png", height=200,
                                    elem_id=f"rerender-image-{modality}",
                                    visible=False, interactive=False)
+            again_audio = gr.Audio(label="Re-rendered candidate", type="numpy", format="wav", visible=False,
+                                   interactive=False, elem_id=f"rerender-audio-{modality}")
             again_info = gr.Markdown()
     state = gr.State(None)
 
@@ -323,41 +338,42 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
         shown = registry.kind_of(best.output) if best is not None else registry.TEXT
         line = payload["best"]["output"] if best is not None else "(abstained)"
         curve = pd.DataFrame(scaling_curve(payload), columns=["N", "best score"])
+        steps_curve = pd.DataFrame(optimisation_curve(payload), columns=["step", "score", "candidate"])
         return (gr.Textbox(value=line, visible=shown not in (image_kind, audio_kind)),
                 gr.Image(value=best.output if shown is image_kind else None, visible=shown is image_kind),
                 gr.Audio(value=_audio_value(best.output) if shown is audio_kind else None,
                          visible=shown is audio_kind),
                 compute_summary(payload), table_rows(payload), gr.Gallery(value=images or None, visible=bool(images)),
-                curve, {k: v for k, v in payload.items()})
+                curve, gr.LinePlot(value=steps_curve, visible=not steps_curve.empty),
+                {k: v for k, v in payload.items()})
 
     def on_rerender(state_v, which_v):
         try:
             output, info = session.rerender(state_v, int(which_v) if which_v is not None else -1)
         except Exception as err:
             raise _as_gradio_error(err) from None
-        image = registry.kind_of(output) is image_kind
-        return describe_output(output), gr.Image(value=output if image else None, visible=image), info
+        kind = registry.kind_of(output)
+        return (describe_output(output),
+                gr.Image(value=output if kind is image_kind else None, visible=kind is image_kind),
+                gr.Audio(value=_audio_value(output) if kind is audio_kind else None, visible=kind is audio_kind), info)
 
     model.change(on_model, [model], [decoder, temperature, max_new_tokens, steps, model_info],
                  api_name=f"model_{modality}", concurrency_id="ponder-model")
     inputs = [model, prompt, strategy, verifier, decoder, n, seed, temperature, max_new_tokens, steps, options]
-    run.click(on_generate, inputs, [best_text, best_image, best_audio, summary, table, gallery, plot, state],
+    run.click(on_generate, inputs, [best_text, best_image, best_audio, summary, table, gallery, plot, history, state],
               api_name=f"generate_{modality}", concurrency_limit=concurrency, concurrency_id="ponder-model")
-    again.click(on_rerender, [state, which], [again_out, again_image, again_info], api_name=f"rerender_{modality}",
+    again.click(on_rerender, [state, which], [again_out, again_image, again_audio, again_info],
+                api_name=f"rerender_{modality}",
                 concurrency_limit=concurrency, concurrency_id="ponder-model")
     return model, on_model, [decoder, temperature, max_new_tokens, steps, model_info]
 
 
 def _audio_value(audio) -> tuple[int, Any]:
     """An audio output as Gradio's (sample rate, int16 samples [T] or [T, C]) for its player."""
-    import numpy as np
+    from ponder.modalities.registry import pcm16
 
-    samples = audio.waveform
-    if hasattr(samples, "detach"):
-        samples = samples.detach().float().cpu().numpy()
-    samples = np.asarray(samples, dtype=np.float32)
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
-    return int(audio.sample_rate), (pcm if pcm.ndim == 1 else pcm.T)
+    pcm = pcm16(audio)  # [C, T], what the WAV file holds
+    return int(audio.sample_rate), (pcm[0] if pcm.shape[0] == 1 else pcm.T)
 
 
 def build_app(concurrency: int = 1, modalities: tuple[str, ...] | None = None):

@@ -94,6 +94,18 @@ def _wav(audio: Any) -> bytes:
     """16-bit PCM WAV of a waveform in [-1, 1], shaped [samples] or [channels, samples]."""
     import wave
 
+    pcm = pcm16(audio)  # [C, T]
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(pcm.shape[0])
+        w.setsampwidth(2)
+        w.setframerate(int(audio.sample_rate))
+        w.writeframes(pcm.T.tobytes())  # interleaved frames: [T, C]
+    return buffer.getvalue()
+
+
+def pcm16(audio: Any):
+    """The waveform as the 16-bit PCM samples its WAV file holds: [C, T] int16."""
     import numpy as np
 
     from ponder.errors import InputError
@@ -106,27 +118,15 @@ def _wav(audio: Any) -> bytes:
         samples = samples[None, :]
     if samples.ndim != 2:
         raise InputError(f"audio waveform must be [samples] or [channels, samples], got shape {samples.shape}")
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")  # [C, T]
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(pcm.shape[0])
-        w.setsampwidth(2)
-        w.setframerate(int(audio.sample_rate))
-        w.writeframes(pcm.T.tobytes())  # interleaved frames: [T, C]
-    return buffer.getvalue()
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")  # [C, T]
 
 
 def _describe_audio(audio: Any) -> str:
     import hashlib
 
-    import numpy as np
-
-    samples = audio.waveform
-    if hasattr(samples, "detach"):
-        samples = samples.detach().float().cpu().numpy()
-    samples = np.asarray(samples, dtype=np.float32)
-    digest = hashlib.sha256(samples.tobytes()).hexdigest()[:12]
-    return f"<audio {samples.shape[-1] / audio.sample_rate:.2f}s {audio.sample_rate} Hz sha256:{digest}>"
+    pcm = pcm16(audio)  # the digest of what the file holds, as an image's is of its 8-bit pixels
+    digest = hashlib.sha256(pcm.tobytes()).hexdigest()[:12]
+    return f"<audio {pcm.shape[-1] / audio.sample_rate:.2f}s {audio.sample_rate} Hz sha256:{digest}>"
 
 
 def _is_token_ids(output: Any) -> bool:

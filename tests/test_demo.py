@@ -51,10 +51,10 @@ def test_the_controls_follow_the_loaded_model(client):
 
 
 def test_generate_shows_best_candidates_compute_and_scaling_then_rerenders_a_candidate(client):
-    best, image, audio, compute, table, gallery, plot = client.predict(
+    best, image, audio, compute, table, gallery, plot, history = client.predict(
         "zoo:arith", "Q: 58+36-7*2\n", "best-of-n", "exact", "plain", 4, 0, 1.0, 40, 0, "",
         api_name="/generate_text")
-    assert best["visible"] and not image["visible"] and not audio["visible"]
+    assert best["visible"] and not image["visible"] and not audio["visible"] and not history["visible"]
     best = best["value"]
     rows = table["data"]
     assert table["headers"] == ["#", "seed", "score", "output"] and len(rows) == 4
@@ -65,7 +65,7 @@ def test_generate_shows_best_candidates_compute_and_scaling_then_rerenders_a_can
     # best score among the first N candidates never falls as N grows
     curve = [score for _, score in plot["data"]]
     assert [n for n, _ in plot["data"]] == [1, 2, 3, 4] and curve == sorted(curve) and curve[-1] == top[2]
-    output, image, info = client.predict(2, api_name="/rerender_text")
+    output, image, audio, info = client.predict(2, api_name="/rerender_text")
     assert not image["visible"]
     assert output == rows[2][3]
     assert "decoded alone from seed" in info and "identical to the original: yes" in info
@@ -101,13 +101,21 @@ def test_rerender_of_a_step_strategy_reruns_the_search():
 
 
 def test_the_image_tab_shows_the_best_image_as_an_image(client):
-    best, image, audio, compute, table, gallery, plot = client.predict(
+    best, image, audio, compute, table, gallery, plot, history = client.predict(
         "zoo:digits", "7", "best-of-n", "classifier", "plain", 3, 0, 1.0, 48, 4, "", api_name="/generate_image")
     assert image["visible"] and not best["visible"] and not audio["visible"]
     from PIL import Image
 
     assert image["value"].endswith(".png") and len(gallery["value"]) == 3  # lossless: the pixels search chose
     assert Image.open(image["value"]).size == (16, 16)
-    output, again, info = client.predict(1, api_name="/rerender_image")
+    output, again, _, info = client.predict(1, api_name="/rerender_image")
     assert again["visible"] and output == table["data"][1][3] and "identical to the original: yes" in info
     assert "denoiser evals 12" in compute and all(row[3].startswith("<image 16x16 L sha256:") for row in table["data"])
+
+
+def test_ditto_in_the_image_tab_plots_each_candidates_score_per_step(client):
+    *_, history = client.predict("zoo:digits", "3", "ditto", "classifier", "plain", 2, 0, 1.0, 48, 4,
+                                 "{opt_steps: 2, lr: 0.1}", api_name="/generate_image")
+    assert history["visible"]
+    rows = history["value"]["data"]
+    assert len(rows) == 2 * 3  # 2 candidates x (the start + 2 Adam steps)

@@ -144,6 +144,21 @@ class AudioDenoiser(DiffusionDenoiser):
 
     # -- audio specifics ---------------------------------------------------------------------------
 
+    # -- batch invariance --------------------------------------------------------------------------
+
+    def network(self, x_in: torch.Tensor, t: float, cond: dict) -> torch.Tensor:
+        """The network one row at a time: batched matmuls round differently with the batch size (about
+        1e-6 on these models, enough to flip 16-bit samples), and a candidate's waveform must not depend
+        on which other candidates share its batch. x_in: [B, ...] -> [B, ...]"""
+        b = x_in.shape[0]
+        rows = [super(AudioDenoiser, self).network(x_in[i : i + 1], t, {k: _row(v, i, b) for k, v in cond.items()})
+                for i in range(b)]
+        return torch.cat(rows)  # [B, ...]
+
+    def decode_tensor(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clean latents [B, ...] -> waveforms, one row at a time (see `network`); gradients pass."""
+        return torch.cat([super(AudioDenoiser, self).decode_tensor(x0[i : i + 1]) for i in range(x0.shape[0])])
+
     def to_outputs(self, decoded: torch.Tensor) -> list[Audio]:
         """Waveforms [B, T] or [B, C, T] -> one `Audio` each ([T] or [C, T], float32 on the CPU, clamped to [-1, 1])."""
         waves = decoded.float().clamp(-1.0, 1.0).cpu()
@@ -157,3 +172,10 @@ class AudioDenoiser(DiffusionDenoiser):
 
 
 __all__ = ["LOAD_OPTIONS", "AudioDenoiser"]
+
+
+def _row(value, i: int, b: int):
+    """Row i of a batched conditioning value (a tensor of b rows); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == b:
+        return value[i : i + 1]
+    return value

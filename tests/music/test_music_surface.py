@@ -111,13 +111,16 @@ def test_the_demos_music_tab_plays_the_best_clip(folders):
         client = Client(app.local_url, verbose=False)
         decoder, temperature, max_new, steps, info = client.predict(str(folders["audioldm2"]), api_name="/model_music")
         assert steps["visible"] and not temperature["visible"] and "diffusion model" in info
-        best_text, best_image, best_audio, compute, table, gallery, plot = client.predict(
+        best_text, best_image, best_audio, compute, table, gallery, plot, history = client.predict(
             str(folders["audioldm2"]), "rain", "best-of-n", RISING, "plain", 2, 0, 1.0, 8, 2, "",
             api_name="/generate_music")
         assert best_audio["visible"] and not best_text["visible"]
         with wave.open(best_audio["value"]) as w:
             assert w.getnframes() > 0
         assert all(row[3].startswith("<audio ") for row in table["data"])
+        output, image, audio, info = client.predict(1, api_name="/rerender_music")
+        assert audio["visible"] and not image["visible"] and output == table["data"][1][3]
+        assert "identical to the original: yes" in info
     finally:
         app.close()
 
@@ -130,3 +133,16 @@ def test_control_options_are_checked_before_any_model_loads():
     with pytest.raises(ConfigError, match="control weight 'loop' must be a number"):
         Request(modality="music", model="/no/such/folder", prompt="x",
                 options={"controls": ["loop=0.2"], "control_weights": {"loop": "heavy"}}).validate()
+
+
+@pytest.mark.parametrize("which", ["stable-audio", "audioldm2"])
+def test_a_candidates_waveform_does_not_depend_on_its_batch(folders, which):
+    import torch
+
+    from ponder.search.scaling import sample
+
+    model = ponder.load("music", folders[which])
+    batch = sample(model, "rain", None, n=3, seed=5, steps=2)
+    alone = sample(model, "rain", None, n=3, seed=5, steps=2, indices=[1])
+    assert torch.equal(torch.as_tensor(batch.candidates[1].output.waveform),
+                       torch.as_tensor(alone.candidates[0].output.waveform))
