@@ -169,9 +169,11 @@ def _add_generate(sub) -> None:
     gen.add_argument("--steps", type=int, default=None,
                      help="denoising steps per sample, for diffusion models (positive; default: the model's)")
     seen: dict[str, list[str]] = {}
+    helps: dict[str, dict[str, str]] = {}  # flag -> {help text: the modalities that give it}
     for spec in specs.values():
         for option in _cli_options(spec):
             seen.setdefault(option.cli_flag, []).append(spec.name)
+            helps.setdefault(option.cli_flag, {}).setdefault(option.help, []).append(spec.name)
     groups: dict[tuple[str, ...], object] = {}
     added: set[str] = set()
     for spec in specs.values():
@@ -184,13 +186,16 @@ def _add_generate(sub) -> None:
             if owners not in groups:
                 groups[owners] = gen.add_argument_group(f"{' and '.join(owners)} options")
             dest = "opt_" + flag[2:].replace("-", "_")
+            texts = helps[flag]  # one help, or each modality's own when they differ
+            text = next(iter(texts)) if len(texts) == 1 else "; ".join(
+                f"{' and '.join(names)}: {help_text}" for help_text, names in texts.items())
             if option.type is bool:
-                groups[owners].add_argument(flag, dest=dest, action="store_true", default=None, help=option.help)
+                groups[owners].add_argument(flag, dest=dest, action="store_true", default=None, help=text)
             elif option.repeat:
-                groups[owners].add_argument(flag, dest=dest, action="append", default=None, help=option.help,
+                groups[owners].add_argument(flag, dest=dest, action="append", default=None, help=text,
                                             metavar=option.metavar or option.name.upper())
             else:
-                groups[owners].add_argument(flag, dest=dest, default=None, help=option.help,
+                groups[owners].add_argument(flag, dest=dest, default=None, help=text,
                                             metavar=option.metavar or option.name.upper())
     opts = gen.add_argument_group("strategy options (only the ones a strategy takes are allowed)")
     for flag, kind, text in STRATEGY_FLAGS:
