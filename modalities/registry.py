@@ -204,6 +204,7 @@ class ZooEntry:
     summary: str
     recipe: str | None = None  # module whose `train(name, out_dir, log=, steps=, smoke=) -> card` rebuilds it
     root: Path | None = None  # the modality's zoo folder; None for a rule with no weights (e.g. zoo:exact)
+    student: str | None = None  # the zoo name of this model's one-step student (DITTO-2's default surrogate)
 
     @property
     def has_weights(self) -> bool:

@@ -20,6 +20,7 @@ from ponder.request import (
     check_options,
     check_verifier_name,
     check_zoo_model,
+    named_parameters,
     verifier_parts,
 )
 
@@ -111,6 +112,18 @@ def _check_model_fit(model, strategy: str, decoder, draft, calibrate, steps) -> 
         raise ConfigError("a draft model speeds up token decoding; a diffusion model takes none")
     if calibrate is not None:
         raise ConfigError("calibrate draws token samples of the model; it is not available for diffusion models")
+
+
+def _zoo_student(model) -> str | None:
+    """``zoo:STUDENT`` of a model loaded from the zoo whose entry names a built student, else None."""
+    name = getattr(model, "name", None)
+    if not isinstance(name, str) or not name.startswith("zoo:"):
+        return None
+    table = zoo.ZOO
+    entry = table.get(name.removeprefix("zoo:"))
+    if entry is None or entry.student is None or entry.student not in table or not table[entry.student].built:
+        return None
+    return f"zoo:{entry.student}"
 
 
 def text_stop(model, stop: Sequence[str]) -> Callable[[int, list[int]], bool] | None:
@@ -209,6 +222,10 @@ def generate(
         draft = load(modality, draft)
     if isinstance(options.get("student"), (str, Path)):  # DITTO-2's one-step student, a model spec
         options["student"] = load(modality, options["student"])
+    elif "student" not in options and "student" in named_parameters(strategy_fn):
+        own = _zoo_student(model)  # a zoo teacher knows its own student
+        if own is not None:
+            options["student"] = load(modality, own)
     if spec.adapt is not None:  # the modality's own generate options become what strategies take
         verifier, options = spec.adapt(model, verifier, options)
     auto_choice = None

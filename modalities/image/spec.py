@@ -76,16 +76,19 @@ def _default_steps(value):
     return check_int("steps", value, what="default denoising steps")
 
 
-def _zoo(name: str, kind: str, summary: str, recipe: str) -> ZooEntry:
-    return ZooEntry(name, "image", kind, summary, recipe=recipe, root=ZOO_DIR)
+def _zoo(name: str, kind: str, summary: str, recipe: str, student: str | None = None) -> ZooEntry:
+    return ZooEntry(name, "image", kind, summary, recipe=recipe, root=ZOO_DIR, student=student)
 
 
 _TRAIN = "ponder.modalities.image.train"
 _ENTRIES = (
-    _zoo("digits", "model", "class-conditional UNet2DModel + DDIM (diffusers folder) on 16x16 digits", _TRAIN),
+    _zoo("digits", "model", "class-conditional UNet2DModel + DDIM (diffusers folder) on 16x16 digits", _TRAIN,
+         student="digits-student"),
     _zoo("digits-classifier", "verifier", "ViTForImageClassification on digits: the search verifier", _TRAIN),
     _zoo("digits-judge", "verifier", "ResNetForImageClassification on disjoint digits: bench judge only, never "
          "used by search", _TRAIN),
+    _zoo("digits-student", "draft", "one-step student of digits (direct distillation of its 10-step DDIM): DITTO-2's "
+         "surrogate", "ponder.modalities.image.train_student"),
     _zoo("digits-ar", "model", "LlamaForCausalLM over a k-means codebook of 2x2 digit patches (64 tokens per "
          "16x16 image), class token as prompt", "ponder.modalities.image.train_ar"),
 )

@@ -29,6 +29,11 @@ Folder layout (what `AudioDenoiser.from_folder` reads; ``model_index.json``'s ``
   projection_model, GPT-2 language_model, tokenizers, feature_extractor, scheduler): text prompts, CFG
   against the empty prompt, samplers "ddim" | "euler" | "euler-karras"; mono waveforms at the vocoder's
   ``sampling_rate``.
+* ``PonderMelDiffusion`` (ponder's own layout, no diffusers pipeline class: unet UNet1DModel over a
+  log-mel spectrogram, scheduler DDIMScheduler, tag_encoder, mel.json; see
+  `ponder.modalities.music.families.MelDiffusion`): tag prompts (``"pluck, high, fast"``; ``""`` is
+  unconditional), CFG against the null tags, samplers "ddim" | "euler" | "euler-karras"; mono waveforms
+  decoded by inverse mel + Griffin-Lim.
 
 Every weight loads with ``local_files_only=True`` and ``use_safetensors=True``.
 """
@@ -117,7 +122,6 @@ class AudioDenoiser(DiffusionDenoiser):
             scheduler_config = json.loads(scheduler_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ModelLoadError(f"cannot read the scheduler config {scheduler_path}: {err}") from None
-        import diffusers
         from diffusers.utils import logging as df_logging
 
         df_logging.set_verbosity_error()
@@ -130,7 +134,7 @@ class AudioDenoiser(DiffusionDenoiser):
         if kind == "StableAudioPipeline":  # only the scheduler's config is used (see the module docstring)
             load_kwargs["scheduler"] = None
         try:
-            pipe = getattr(diffusers, kind).from_pretrained(str(folder), **load_kwargs)
+            pipe = FAMILIES[kind].load_pipeline(folder, kind, load_kwargs)
         except (OSError, ValueError, TypeError, KeyError, ImportError) as err:
             raise ModelLoadError(f"cannot load the {kind} in {str(folder)!r}: {err}") from None
         if device is not None:

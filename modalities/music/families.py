@@ -9,12 +9,20 @@ sampling (that is `ponder.modalities.diffusion`).
   CLAP + T5 -> projection -> GPT-2 generated context; decoded by the VAE to a mel spectrogram and by
   the HiFi-GAN vocoder to a waveform; sampled with DDIM / Euler over its scheduler.
 
-`FAMILIES` maps a pipeline class name (``model_index.json``'s ``_class_name``) to its family.
+* `MelDiffusion` — ponder's own ``PonderMelDiffusion`` layout (the ``zoo:tones`` teacher): a diffusers
+  ``UNet1DModel`` over a normalised log-mel spectrogram [B, mels, frames], conditioned on tags through a
+  small tag encoder, decoded by inverse mel + Griffin-Lim; sampled with DDIM / Euler over its scheduler.
+
+`FAMILIES` maps a pipeline class name (``model_index.json``'s ``_class_name``) to its family; each family
+class loads its folder's components with `load_pipeline` (diffusers' pipeline class of that name, unless
+the family says otherwise).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +56,14 @@ class _AudioFamily:
         self.pipe = pipe
         self.net = net
         self.model_name = model_name
+
+    @classmethod
+    def load_pipeline(cls, folder: Path, kind: str, load_kwargs: dict):
+        """The folder's components: diffusers' pipeline class `kind` read with `load_kwargs`
+        (``local_files_only`` / ``use_safetensors`` / ``torch_dtype``, set by the caller)."""
+        import diffusers
+
+        return getattr(diffusers, kind).from_pretrained(str(folder), **load_kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -235,10 +251,143 @@ class AudioLDM2(_AudioFamily):
         return wave[:, : self.waveform_length()]
 
 
+MEL_DIFFUSION = "PonderMelDiffusion"  # model_index.json "_class_name" of ponder's own mel-diffusion layout
+
+
+class MelPipeline:
+    """The components of a ``PonderMelDiffusion`` folder (what `MelDiffusion` drives): ``unet``
+    (UNet1DModel), ``scheduler`` (DDIMScheduler), ``tag_encoder`` (`mel.TagEncoder`), ``mel``
+    (`mel.MelSettings`) and ``decoder`` (`mel.MelDecoder`, no weights)."""
+
+    def __init__(self, unet, scheduler, tag_encoder, mel):
+        from ponder.modalities.music.mel import MelDecoder
+
+        self.unet, self.scheduler, self.tag_encoder, self.mel = unet, scheduler, tag_encoder, mel
+        self.decoder = MelDecoder(mel)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return {"unet": self.unet, "scheduler": self.scheduler, "tag_encoder": self.tag_encoder,
+                "decoder": self.decoder}
+
+    def to(self, device) -> MelPipeline:
+        for module in (self.unet, self.tag_encoder, self.decoder):
+            module.to(device)
+        return self
+
+
+class MelDiffusion(_AudioFamily):
+    """ponder's own ``PonderMelDiffusion`` layout: diffusion over a log-mel spectrogram, conditioned on tags.
+
+    No diffusers pipeline class reads this folder; ponder loads it (`load_pipeline`), every weight with
+    ``local_files_only=True`` and safetensors::
+
+        model_index.json              {"_class_name": "PonderMelDiffusion", "unet": ["diffusers", "UNet1DModel"],
+                                       "scheduler": ["diffusers", "DDIMScheduler"], "tag_encoder": ["ponder",
+                                       "TagEncoder"], "mel": "mel.json"}
+        unet/                         diffusers UNet1DModel (config.json + diffusion_pytorch_model.safetensors)
+        scheduler/scheduler_config.json   DDIMScheduler config (what the shared samplers read)
+        tag_encoder/                  config.json (tag groups, width D) + model.safetensors (`mel.TagEncoder`)
+        mel.json                      `mel.MelSettings`: sample rate, STFT / mel bands, log10 scaling, length,
+                                      Griffin-Lim iterations
+
+    The latent is the normalised log-mel x [B, n_mels, frames] (`ponder.modalities.music.mel`). The UNet
+    is called as ``unet(cat([x, tags], 1) [B, n_mels + D, frames], t [B]) -> [B, n_mels, frames]``, where
+    ``tags`` is the prompt's tag-encoder vector [B, D] repeated over the frames: diffusers' UNet1DModel
+    takes no conditioning argument, so the tags enter as input channels. Prompts are tag strings
+    (``"pluck, high, fast"``, any subset, at most one per group); ``""`` is the unconditional (null) row,
+    which classifier-free guidance contrasts with (the recipe drops tags in training to learn it).
+    Seconds -> latent size: `MelSettings.frames_for` (any length: the UNet is convolutional; trained on
+    ``mel.seconds``); the decode (inverse mel + Griffin-Lim, `mel.MelDecoder`) is cut to
+    ``int(seconds * sample_rate)`` samples.
+    """
+
+    name = "mel-diffusion"
+    default_guidance = 2.0
+    samplers = ("ddim", "euler", "euler-karras")
+    max_seconds = None  # convolutional in time: any length
+    channels = 1
+
+    def __init__(self, pipe: MelPipeline, *, index: dict, model_name: str, scheduler_config: dict):
+        super().__init__(pipe, pipe.unet, model_name=model_name)
+        self.mel = pipe.mel
+        self.tag_encoder = pipe.tag_encoder
+        self.decoder = pipe.decoder
+        self.sample_rate = self.mel.sample_rate
+        config = self.net.config
+        if config.in_channels != self.mel.n_mels + self.tag_encoder.dim or config.out_channels != self.mel.n_mels:
+            raise ModelLoadError(f"{model_name!r}: the UNet maps {config.in_channels} -> {config.out_channels} "
+                                 f"channels, but {self.mel.n_mels} mel bands and {self.tag_encoder.dim} tag "
+                                 f"channels need {self.mel.n_mels + self.tag_encoder.dim} -> {self.mel.n_mels}")
+        self.frames = 0
+        self.seconds = 0.0
+        self.choose_seconds(None)
+
+    @classmethod
+    def load_pipeline(cls, folder: Path, kind: str, load_kwargs: dict) -> MelPipeline:
+        """Read the folder's UNet1DModel, DDIMScheduler config, tag encoder and mel.json (layout: the class
+        docstring); a ModelLoadError names the part that is missing or malformed."""
+        from diffusers import DDIMScheduler, UNet1DModel
+
+        from ponder.modalities.music.mel import MelSettings, TagEncoder
+
+        folder = Path(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        if index.get("unet") != ["diffusers", "UNet1DModel"]:
+            raise ModelLoadError(f"{str(folder)!r}: a {MEL_DIFFUSION} folder has a diffusers UNet1DModel as its "
+                                 f"unet, model_index.json says {index.get('unet')}")
+        dtype = load_kwargs.get("torch_dtype")
+        unet = UNet1DModel.from_pretrained(str(folder / "unet"), local_files_only=True, use_safetensors=True,
+                                           **({"torch_dtype": dtype} if dtype is not None else {}))
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        if scheduler_config.get("_class_name") != "DDIMScheduler":
+            raise ModelLoadError(f"{str(folder)!r}: a {MEL_DIFFUSION} folder ships a DDIMScheduler config, got "
+                                 f"{scheduler_config.get('_class_name')}")
+        scheduler = DDIMScheduler.from_config(scheduler_config)
+        return MelPipeline(unet, scheduler, TagEncoder.load(folder / "tag_encoder", dtype),
+                           MelSettings.load(folder / "mel.json"))
+
+    def choose_seconds(self, seconds: float | None) -> float:
+        """Validate and keep the audio length (default: the length trained on, ``mel.seconds``)."""
+        if seconds is None:
+            seconds = self.mel.seconds
+        else:
+            seconds = self.check_seconds(seconds, self.mel.hop_length * self.mel.frame_multiple / self.sample_rate)
+        self.frames = self.mel.frames_for(seconds)
+        self.seconds = float(seconds)
+        return self.seconds
+
+    def latent_shape(self) -> tuple[int, int]:
+        """One row of x: (mel bands, frames)."""
+        return self.mel.n_mels, self.frames
+
+    def waveform_length(self) -> int:
+        return int(self.seconds * self.sample_rate)
+
+    def condition(self, prompt: Any, guided: bool) -> Condition:
+        tags = self.tag_encoder.parse(prompt)  # InputError for an unknown tag
+        with torch.no_grad():  # weights are frozen; the rows are constants of the sampling chain
+            row = self.tag_encoder(self.tag_encoder.multi_hot([tags])).to(self.net.dtype)  # [1, D]
+            null = self.tag_encoder(self.tag_encoder.multi_hot([[]])).to(self.net.dtype)  # [1, D]
+        # the empty prompt is the unconditional row itself: no guidance pair to batch
+        return Condition(prompt, {"tags": row}, {"tags": null} if guided and tags else None,
+                         meta={"seconds": self.seconds, "tags": tags})
+
+    def predict(self, x, timestep, cond):
+        tags = cond["tags"][:, :, None].expand(-1, -1, x.shape[-1])  # [B, D, frames]
+        return self.net(torch.cat([x, tags.to(x.dtype)], dim=1), timestep).sample  # [B, n_mels, frames]
+
+    def decode_tensor(self, x0: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel [B, n_mels, frames] -> waveform [B, T] (T = waveform_length), unclamped;
+        gradients pass (inverse mel + Griffin-Lim)."""
+        return self.decoder(x0)[:, : self.waveform_length()]
+
+
 # pipeline class (model_index.json "_class_name") -> its family
 FAMILIES: dict[str, type[_AudioFamily]] = {
     "StableAudioPipeline": StableAudio,
     "AudioLDM2Pipeline": AudioLDM2,
+    MEL_DIFFUSION: MelDiffusion,
 }
 
-__all__ = ["FAMILIES", "AudioLDM2", "StableAudio"]
+__all__ = ["FAMILIES", "MEL_DIFFUSION", "AudioLDM2", "MelDiffusion", "MelPipeline", "StableAudio"]

@@ -8,8 +8,8 @@ disjoint half of the data, never seen by search) gives judge accuracy and judge 
 
 * ``plain``   — one sample per seed (no search);
 * ``ditto``   — DITTO: OPT_STEPS Adam steps through the whole K-step chain (checkpointed);
-* ``ditto-2`` — DITTO-2: OPT_STEPS_2 Adam steps through the teacher's one-step x0 prediction (zoo:digits
-                has no distilled student), then the K-step decode;
+* ``ditto-2`` — DITTO-2: OPT_STEPS_2 Adam steps through the teacher's one-step x0 prediction, then the
+                K-step decode; and, when zoo:digits-student is built, the same through that distilled student;
 * ``random``  — best of N noises by the same verifier, N picked so its wall time matches DITTO-2's.
 
 Figures are means over images with their standard errors. Goals: DITTO raises the optimised
@@ -60,6 +60,9 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
     classes = ["3", "8"] if quick else list(model.labels)
     seeds = QUICK_SEEDS if quick else SEEDS
     per_method: dict[str, dict[str, list[float]]] = {}
+    student = ponder.load("image", "zoo:digits-student") if ponder.zoo.entry("digits-student").built else None
+    if student is None:
+        log("[images-ditto] zoo:digits-student is not built: DITTO-2 runs with the teacher's one-step x0 only")
 
     def record(method: str, prompt: str, outputs: list, scores: list[float], seconds: float, backward: int, nfe: int):
         judged = judge.logits(outputs).softmax(-1)  # [images, classes]
@@ -82,6 +85,12 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
         res2 = ditto2(model, prompt, verifier, n=seeds, seed=0, steps=STEPS, opt_steps=OPT_STEPS_2, lr=LR)
         record("ditto-2", prompt, [c.output for c in res2.candidates], [c.score for c in res2.candidates],
                res2.compute.seconds, res2.compute.backward_passes, res2.compute.nfe)
+        if student is not None:  # the distilled student as the surrogate, when the zoo ships it
+            res3 = ditto2(model, prompt, verifier, n=seeds, seed=0, steps=STEPS, opt_steps=OPT_STEPS_2, lr=LR,
+                          student=student)
+            record("ditto-2 (zoo:digits-student)", prompt, [c.output for c in res3.candidates],
+                   [c.score for c in res3.candidates], res3.compute.seconds, res3.compute.backward_passes,
+                   res3.compute.nfe)
         surrogate_gain += sum(c.meta["surrogate_after"] - c.meta["surrogate_before"] for c in res2.candidates)
         multi_gain += sum(c.meta["score_after"] - c.meta["score_before"] for c in res2.candidates)
         plain = noise_random(model, prompt, verifier, n=seeds, seed=0, steps=STEPS)  # candidate i = seed i

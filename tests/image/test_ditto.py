@@ -151,3 +151,52 @@ def test_differentiable_image_scores_equal_the_png_path(name):
     assert torch.allclose(on_tensor.detach(), on_png, atol=5e-3)  # the PNG rounds pixels to 1/255
     on_tensor.sum().backward()
     assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def smoke_zoo(tmp_path_factory):
+    """A zoo folder with the shipped teacher and a smoke-trained digits-student beside it."""
+    import shutil
+
+    from ponder.modalities.image import train_student
+
+    zoo_dir = tmp_path_factory.mktemp("zoo")
+    shutil.copytree(ponder.zoo.folder("digits"), zoo_dir / "digits")
+    card = train_student.train("digits-student", zoo_dir, log=lambda line: None, smoke=True)
+    return zoo_dir, card
+
+
+def test_the_student_recipe_distils_a_one_step_model_ditto2_can_use(smoke_zoo):
+    from ponder.modalities.image import train_student
+
+    zoo_dir, card = smoke_zoo
+    assert card["metrics"]["heldout_pairs"] == train_student.SMOKE["heldout_pairs"]
+    assert card["reproduce"] == "ponder zoo train digits-student"
+    student = ponder.load("image", zoo_dir / "digits-student")
+    assert student.timesteps(1)[0] == 999.0  # trailing spacing: one step starts from pure noise
+    teacher = ponder.load("image", "zoo:digits")
+    res = ditto2(teacher, "3", Brightness(), n=2, seed=0, steps=4, opt_steps=2, lr=0.1, student=student)
+    assert res.config["surrogate"].startswith("student")
+    from ponder.errors import ZooError
+
+    with pytest.raises(ZooError, match="builds digits-student"):
+        train_student.train("digits", zoo_dir, smoke=True)
+
+
+def test_a_zoo_teacher_brings_its_own_student_to_ditto2(smoke_zoo, monkeypatch):
+    import dataclasses
+
+    from ponder.modalities import registry
+
+    zoo_dir, _ = smoke_zoo
+    table = dict(registry.specs())
+    image = table["image"]
+    entries = tuple(dataclasses.replace(e, root=zoo_dir) if e.name == "digits-student" else e for e in image.zoo)
+    table["image"] = dataclasses.replace(image, zoo=entries)  # the student "ships" in the smoke zoo
+    monkeypatch.setattr(registry, "specs", lambda: table)
+    model = ponder.load("image", "zoo:digits")
+    res = ponder.generate(model, "3", strategy="ditto-2", n=2, verifier=Brightness(), steps=4, opt_steps=2, lr=0.1)
+    assert res.config["surrogate"] == "student zoo:digits-student"
+    none = ponder.generate(model, "3", strategy="ditto-2", n=2, verifier=Brightness(), steps=4, opt_steps=2,
+                           lr=0.1, student=None)
+    assert none.config["surrogate"].startswith("the teacher's one-step x0 prediction")

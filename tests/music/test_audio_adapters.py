@@ -187,7 +187,8 @@ def test_bad_folders_seconds_prompts_and_samplers_are_clear_errors(folders, tmp_
     with pytest.raises(ModelLoadError, match="no model_index.json"):
         AudioDenoiser.from_folder(tmp_path / "missing")
     (tmp_path / "model_index.json").write_text('{"_class_name": "MusicLDMPipeline"}')
-    with pytest.raises(ModelLoadError, match="MusicLDMPipeline.*supports AudioLDM2Pipeline, StableAudioPipeline"):
+    supported = "AudioLDM2Pipeline, PonderMelDiffusion, StableAudioPipeline"
+    with pytest.raises(ModelLoadError, match=f"MusicLDMPipeline.*supports {supported}"):
         AudioDenoiser.from_folder(tmp_path)
     for bad in (0, -1.0, float("nan"), "2"):
         with pytest.raises(ConfigError, match=r"seconds must be a number > 0 \(audio length\)"):
