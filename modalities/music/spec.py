@@ -9,11 +9,13 @@ Registered through the ``ponder.modalities`` entry-point group. Importing this m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.modalities.registry import ModalitySpec, Option
+from ponder.modalities.registry import ModalitySpec, Option, ZooEntry
 
+ZOO_DIR = Path(__file__).parent / "zoo"
 CONTROL_NAMES = ("intensity", "melody", "structure", "inpaint", "outpaint", "loop", "text")
 
 
@@ -149,7 +151,16 @@ SPEC = ModalitySpec(
         Option("clap", "a local ClapModel folder (with its processor) for the text control", stage="generate",
                flag="--clap", metavar="FOLDER"),
     ),
-    examples=("lofi piano, slow", "pluck, high, fast"),
+    examples=("pluck, high, fast", "saw, low, slow"),
+    zoo=(
+        ZooEntry("tones", "music", "model", "UNet1DModel mel diffusion on procedural tones, tag prompts "
+                 "(PonderMelDiffusion folder; Griffin-Lim decode)", recipe="ponder.modalities.music.train",
+                 root=ZOO_DIR),
+        ZooEntry("tones-clap", "music", "verifier", "tiny ClapModel on tag text and tones clips (--clap for the "
+                 "text control)", recipe="ponder.modalities.music.train_clap", root=ZOO_DIR),
+        ZooEntry("tones-judge", "music", "verifier", "ASTForAudioClassification tag judge on a disjoint half: bench "
+                 "only, never used by search", recipe="ponder.modalities.music.train_judge", root=ZOO_DIR),
+    ),
     option_hint="{opt_steps: 20, lr: 0.05} or {controls: [structure=AABA]}",
     diversity=_diversity,
     adapt=_adapt,
