@@ -141,6 +141,15 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
                       ditto2_row["logprob"] - ditto_row["logprob"],
                       ditto2_row["logprob"] >= ditto_row["logprob"] - 2 * math.hypot(ditto2_row["logprob_se"],
                                                                                      ditto_row["logprob_se"])))
+    student_row = by.get("ditto-2 (zoo:digits-student)")
+    if student_row is not None:  # the distilled student as DITTO-2's surrogate
+        goals.append(goal("DITTO-2 (student) wall time / DITTO's", "<= 0.2",
+                          student_row["seconds_per_image"] / ditto_row["seconds_per_image"],
+                          student_row["seconds_per_image"] <= 0.2 * ditto_row["seconds_per_image"]))
+        goals.append(goal("DITTO-2 (student) logprob - DITTO's (reaches DITTO's optimum)", ">= -2 SE",
+                          student_row["logprob"] - ditto_row["logprob"],
+                          student_row["logprob"] >= ditto_row["logprob"] - 2 * math.hypot(
+                              student_row["logprob_se"], ditto_row["logprob_se"])))
     rows.append({"method": "ditto-2 carry-over: multi-step log-prob gain / surrogate gain, pooled over images",
                  "value": round(multi_gain / surrogate_gain, 4) if surrogate_gain > 0 else None,
                  "surrogate_gain_per_image": round(surrogate_gain / (len(classes) * seeds), 4),
