@@ -60,17 +60,10 @@ class DemoSession:
     def generate(self, request) -> dict:
         """One generation of a validated `ponder.request.Request`; returns ``Result.to_dict()`` (outputs
         that are not text described in one line) plus the request (for re-rendering) and the `Result`."""
-        import ponder
         from ponder.jobs.outputs import payload_lines
 
         with self.lock:
-            lm = self.cache.model_for(request.modality, request.model, request.load_options)
-            kwargs = request.generate_kwargs()
-            if request.verifier is not None:
-                kwargs["verifier"] = self.cache.verifier_for(request.modality, request.verifier, lm)
-            if request.draft is not None:
-                kwargs["draft"] = self.cache.draft_for(request.modality, request.draft)
-            result = ponder.generate(lm, request.prompt, **kwargs)
+            result = self.cache.run(request)
         return {"request": request.to_dict(), "result": result, **payload_lines(result)}
 
     def rerender(self, state: dict, position: int) -> tuple[Any, str]:

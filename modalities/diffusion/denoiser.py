@@ -201,3 +201,26 @@ class DiffusionDenoiser:
 
 
 __all__ = ["Condition", "DiffusionDenoiser", "Family"]
+
+
+def read_pipeline_index(folder, families, what: str) -> tuple[dict, str]:
+    """``model_index.json`` of a diffusers pipeline folder and its ``_class_name``, which must be one of
+    `families` (what this `what` denoiser supports); one ModelLoadError otherwise."""
+    import json
+    from pathlib import Path
+
+    from ponder.errors import ModelLoadError
+
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ModelLoadError(f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{index_path}: not valid JSON ({err})") from None
+    kind = index.get("_class_name")
+    if kind not in families:
+        raise ModelLoadError(f"{str(folder)!r} holds a {kind or 'pipeline of unknown class'}; ponder's {what} "
+                             f"denoiser supports {', '.join(sorted(families))}")
+    return index, kind

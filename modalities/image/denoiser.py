@@ -40,14 +40,13 @@ Every weight loads with ``local_files_only=True`` and ``use_safetensors=True``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ponder.errors import ConfigError, ModelLoadError, check_int
-from ponder.modalities.diffusion.denoiser import Condition, DiffusionDenoiser
+from ponder.modalities.diffusion.denoiser import Condition, DiffusionDenoiser, read_pipeline_index
 from ponder.modalities.diffusion.samplers import SAMPLERS, make_sampler
 from ponder.modalities.image.families import FAMILIES
 
@@ -111,17 +110,7 @@ class DiffusersDenoiser(DiffusionDenoiser):
             The denoiser, its weights frozen (gradients flow only to inputs the caller marks).
         """
         folder = Path(folder)
-        index_path = folder / "model_index.json"
-        if not index_path.is_file():
-            raise ModelLoadError(f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json)")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ModelLoadError(f"{index_path}: not valid JSON ({err})") from None
-        kind = index.get("_class_name")
-        if kind not in FAMILIES:
-            raise ModelLoadError(f"{str(folder)!r} holds a {kind or 'pipeline of unknown class'}; ponder's image "
-                                 f"denoiser supports {', '.join(sorted(FAMILIES))}")
+        index, kind = read_pipeline_index(folder, FAMILIES, "image")
         if steps is not None:
             check_int("steps", steps, what="denoising steps")
         family_cls = FAMILIES[kind]

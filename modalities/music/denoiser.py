@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from ponder.errors import ConfigError, ModelLoadError, check_int
-from ponder.modalities.diffusion.denoiser import DiffusionDenoiser
+from ponder.modalities.diffusion.denoiser import DiffusionDenoiser, read_pipeline_index
 from ponder.modalities.music.families import FAMILIES
 from ponder.search.core import Audio
 
@@ -104,17 +104,7 @@ class AudioDenoiser(DiffusionDenoiser):
             The denoiser, its weights frozen (gradients flow only to inputs the caller marks).
         """
         folder = Path(folder)
-        index_path = folder / "model_index.json"
-        if not index_path.is_file():
-            raise ModelLoadError(f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json)")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ModelLoadError(f"{index_path}: not valid JSON ({err})") from None
-        kind = index.get("_class_name")
-        if kind not in FAMILIES:
-            raise ModelLoadError(f"{str(folder)!r} holds a {kind or 'pipeline of unknown class'}; ponder's audio "
-                                 f"denoiser supports {', '.join(sorted(FAMILIES))}")
+        index, kind = read_pipeline_index(folder, FAMILIES, "audio")
         if steps is not None:
             check_int("steps", steps, what="default denoising steps")
         scheduler_path = folder / "scheduler" / "scheduler_config.json"

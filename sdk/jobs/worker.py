@@ -76,6 +76,19 @@ class ModelCache:
             self.drafts[spec] = self._load(modality, spec)
         return self.drafts[spec]
 
+    def run(self, request):
+        """The `Result` of a validated `ponder.request.Request`, with its model, verifier and draft
+        taken from (or loaded into) this cache."""
+        import ponder
+
+        model = self.model_for(request.modality, request.model, request.load_options)
+        kwargs = request.generate_kwargs()
+        if request.verifier is not None:
+            kwargs["verifier"] = self.verifier_for(request.modality, request.verifier, model)
+        if request.draft is not None:
+            kwargs["draft"] = self.draft_for(request.modality, request.draft)
+        return ponder.generate(model, request.prompt, **kwargs)
+
 
 def quiet_loaders() -> None:
     """No weight-loading progress bars from transformers over the job's own progress bar."""
@@ -116,17 +129,9 @@ class Worker:
 
     def generate(self, spec: dict):
         """The `Result` of one item spec (a dict of `Item` fields), run as its `Request`."""
-        import ponder
         from ponder.request import request_from_item
 
-        request = request_from_item(spec)
-        model = self.cache.model_for(request.modality, request.model, request.load_options)
-        kwargs = request.generate_kwargs()
-        if request.verifier is not None:
-            kwargs["verifier"] = self.cache.verifier_for(request.modality, request.verifier, model)
-        if request.draft is not None:
-            kwargs["draft"] = self.cache.draft_for(request.modality, request.draft)
-        return ponder.generate(model, request.prompt, **kwargs)
+        return self.cache.run(request_from_item(spec))
 
     def render(self, spec: dict, config_hash: str, retries: int = 0) -> Outcome:
         """Render one item into its files, retrying unexpected errors up to `retries` times.
