@@ -50,13 +50,16 @@ def test_quick_ditto_bench_reports_every_method_with_standard_errors(monkeypatch
     monkeypatch.setattr(bench, "OPT_STEPS_2", 2)
     report = run("images-ditto", quick=True)
     methods = [r["method"] for r in report["rows"] if "images" in r]
-    assert methods[:3] == ["ditto", "ditto-2", "plain"] and methods[3].startswith("random (N=")
+    # zoo:digits-student ships, so DITTO-2 also runs through it
+    assert methods[:4] == ["ditto", "ditto-2", "ditto-2 (zoo:digits-student)", "plain"]
+    assert methods[4].startswith("random (N=") and len(methods) == 5
     for row in report["rows"]:
         if "images" in row:
             assert row["images"] == 2 * bench.QUICK_SEEDS and row["logprob_se"] >= 0 and 0 <= row["judge_prob"] <= 1
     ditto_row = next(r for r in report["rows"] if r["method"] == "ditto")
     assert ditto_row["backward_per_image"] == 2 and ditto_row["nfe_per_image"] == 3 * (2 * 2 + 1)
-    assert [g["name"] for g in report["goals"]][0].startswith("DITTO logprob gain")
+    names = [g["name"] for g in report["goals"]]
+    assert names[0].startswith("DITTO logprob gain") and any(n.startswith("DITTO-2 (student)") for n in names)
 
 
 def test_mean_and_standard_error():
