@@ -152,19 +152,30 @@ def draft_and_verify(
         return run(prompt_ids, generators, stop, stream)
 
 
-def _chain(model: SequenceModel, prompt_ids, make_proposer: MakeProposer, *, accept: ChainRule,
-           sampling: SamplingParams, max_new_tokens: int, generators, stop, stream, stats, compute: Compute) -> Decoded:
-    batch = len(prompt_ids)
-    out = RowOutputs(batch, eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop, stream=stream,
-                     compute=compute)
+def open_loop(model: SequenceModel, prompt_ids, make_proposer: MakeProposer, *, sampling: SamplingParams,
+              max_new_tokens: int, generators, stop, stream, compute: Compute):
+    """What every draft-and-verify loop starts with: the rows' outputs, the prefill and its first sample,
+    and the proposer built after it. Returns (out, cache, last tokens, proposer, its verified hook or None),
+    or (out, None, None, None, None) when every row already finished (EOS / stop / length)."""
+    out = RowOutputs(len(prompt_ids), eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop,
+                     stream=stream, compute=compute)
     if not out.active:
-        return out.decoded()
+        return out, None, None, None, None
     cache = model.new_cache()
     logits, last = prefill_and_sample(model, prompt_ids, cache, out, sampling, generators)
     if not out.active:
-        return out.decoded()
+        return out, None, None, None, None
     proposer = make_proposer(LoopStart(prompt_ids, generators, compute, logits.shape[-1], cache))
-    hook = proposer.verified if isinstance(proposer, VerifiedHook) else None
+    return out, cache, last, proposer, proposer.verified if isinstance(proposer, VerifiedHook) else None
+
+
+def _chain(model: SequenceModel, prompt_ids, make_proposer: MakeProposer, *, accept: ChainRule,
+           sampling: SamplingParams, max_new_tokens: int, generators, stop, stream, stats, compute: Compute) -> Decoded:
+    out, cache, last, proposer, hook = open_loop(model, prompt_ids, make_proposer, sampling=sampling,
+                                                 max_new_tokens=max_new_tokens, generators=generators, stop=stop,
+                                                 stream=stream, compute=compute)
+    if proposer is None:
+        return out.decoded()
     steps = row_steps = accepted_total = 0
     while out.active:
         row_steps += len(out.active)

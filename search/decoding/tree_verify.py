@@ -32,16 +32,16 @@ from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams, probs_from_logits
 from ponder.kernels.tree import pack_trees, path_index, tree_mask
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
-from ponder.search.core.capabilities import TreeCache, VerifiedHook, device_of, display_name
+from ponder.search.core.capabilities import TreeCache, device_of, display_name
 from ponder.search.decoding.chain import (
-    LoopStart,
     MakeProposer,
     add_stats,
     one_row_at_a_time,
+    open_loop,
     residual,
     rows_roll_back,
 )
-from ponder.search.decoding.outputs import RowOutputs, StopFn, prefill_and_sample
+from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.rollback import can_hide, truncate_rows
 
 # (p [V] target probs at the node, q [V] draft probs the draws came from or None, draws, generator)
@@ -299,16 +299,11 @@ def tree_draft_and_verify(
 
 def _tree_loop(model: SequenceModel, prompt_ids, make_proposer: MakeProposer, *, sampling: SamplingParams,
                max_new_tokens: int, generators, stop, stream, rule: AcceptRule, stats, compute: Compute) -> Decoded:
-    out = RowOutputs(len(prompt_ids), eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop,
-                     stream=stream, compute=compute)
-    if not out.active:
+    out, cache, last, proposer, hook = open_loop(model, prompt_ids, make_proposer, sampling=sampling,
+                                                 max_new_tokens=max_new_tokens, generators=generators, stop=stop,
+                                                 stream=stream, compute=compute)
+    if proposer is None:
         return out.decoded()
-    cache = model.new_cache()
-    logits, last = prefill_and_sample(model, prompt_ids, cache, out, sampling, generators)
-    if not out.active:
-        return out.decoded()
-    proposer = make_proposer(LoopStart(prompt_ids, generators, compute, logits.shape[-1], cache))
-    hook = proposer.verified if isinstance(proposer, VerifiedHook) else None
     steps = row_steps = accepted_total = nodes = 0
     while out.active:
         row_steps += len(out.active)
