@@ -6,9 +6,10 @@ picker (the modality's zoo models, or type a local folder), strategy / verifier 
 their options, N and the seed; only the controls that apply to the loaded model are shown (token
 decoding settings for a sequence model, denoising steps for a diffusion model). It shows the best
 output as what it is (text, an image, an audio player; another kind by its one-line description),
-every candidate with its score and seed (a table, plus a gallery for images), the `Compute` summary
-and a scaling plot (best score among the first N candidates), and a button that re-renders one
-candidate from its seed alone.
+every candidate with its score and seed (a table, plus a gallery for images and a player for each audio
+candidate with its score before and after noise optimisation), the `Compute` summary, a scaling plot
+(best score among the first N candidates), the score per optimisation step of DITTO / DITTO-2 (for audio,
+the control loss), and a button that re-renders one candidate from its seed alone.
 
 Generation runs through a queue with a concurrency limit; a model stays loaded between requests.
 Bad input shows a Gradio error with ponder's one-line message, never a traceback.
@@ -200,8 +201,34 @@ def optimisation_curve(payload: dict) -> list[dict]:
     for i, cand in enumerate(payload["candidates"]):
         meta = cand.get("meta") or {}
         values = meta.get("score_history") or meta.get("surrogate_history") or []
-        points += [{"step": step, "score": value, "candidate": f"#{i}"} for step, value in enumerate(values)]
+        points += [{"step": step, "score": value, "loss": -value, "candidate": f"#{i}"}
+                   for step, value in enumerate(values)]
     return points
+
+
+def audio_players(result) -> str:
+    """HTML with a player for every audio candidate (inline WAV), its seed, score and, for noise optimisation,
+    its score before and after; empty when no candidate is audio."""
+    import base64
+    import html
+
+    from ponder.modalities import registry
+
+    items = []
+    for i, cand in enumerate(result.candidates):
+        if registry.kind_of(cand.output) is not registry.AUDIO:
+            continue
+        data = base64.b64encode(registry.AUDIO.encode(cand.output)).decode("ascii")
+        parts = [f"#{i}", f"seed {cand.seed}"]
+        if cand.score is not None:
+            parts.append(f"score {cand.score:.4f}")
+        meta = cand.meta or {}
+        if "score_before" in meta and "score_after" in meta:
+            parts.append(f"before {meta['score_before']:.4f} \u2192 after {meta['score_after']:.4f}")
+        best = " (best)" if cand is result.best else ""
+        items.append(f'<div class="ponder-candidate"><div>{html.escape(", ".join(parts))}{best}</div>'
+                     f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio></div>')
+    return "".join(items)
 
 
 def compute_summary(payload: dict) -> str:
@@ -284,10 +311,14 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
             table = gr.Dataframe(headers=["#", "seed", "score", "output"], label="Candidates", wrap=True,
                                  interactive=False, elem_id=f"candidates-{modality}")
             gallery = gr.Gallery(label="Candidates", visible=False, format="png", elem_id=f"gallery-{modality}")
+            players = gr.HTML(visible=False, label="Candidates", elem_id=f"players-{modality}")
             plot = gr.LinePlot(x="N", y="best score", title="Best score vs N", label="Scaling",
                                elem_id=f"scaling-{modality}")
-            history = gr.LinePlot(x="step", y="score", color="candidate", title="Score per optimisation step",
-                                  label="Optimisation", visible=False, elem_id=f"history-{modality}")
+            # audio outputs are scored by controls (score = -loss): their plot shows the loss falling
+            history = gr.LinePlot(x="step", y="loss" if kind is audio_kind else "score", color="candidate",
+                                  title="Control loss per optimisation step" if kind is audio_kind
+                                  else "Score per optimisation step", label="Optimisation", visible=False,
+                                  elem_id=f"history-{modality}")
             with gr.Row():
                 which = gr.Number(value=0, precision=0, label="Candidate # to re-render")
                 again = gr.Button("Re-render from its seed")
@@ -331,12 +362,14 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
         shown = registry.kind_of(best.output) if best is not None else registry.TEXT
         line = payload["best"]["output"] if best is not None else "(abstained)"
         curve = pd.DataFrame(scaling_curve(payload), columns=["N", "best score"])
-        steps_curve = pd.DataFrame(optimisation_curve(payload), columns=["step", "score", "candidate"])
+        steps_curve = pd.DataFrame(optimisation_curve(payload), columns=["step", "score", "loss", "candidate"])
+        players_html = audio_players(result)
         return (gr.Textbox(value=line, visible=shown not in (image_kind, audio_kind)),
                 gr.Image(value=best.output if shown is image_kind else None, visible=shown is image_kind),
                 gr.Audio(value=_audio_value(best.output) if shown is audio_kind else None,
                          visible=shown is audio_kind),
                 compute_summary(payload), table_rows(payload), gr.Gallery(value=images or None, visible=bool(images)),
+                gr.HTML(value=players_html, visible=bool(players_html)),
                 curve, gr.LinePlot(value=steps_curve, visible=not steps_curve.empty),
                 {k: v for k, v in payload.items()})
 
@@ -353,7 +386,8 @@ def _modality_tab(gr, session: DemoSession, modality: str, concurrency: int) -> 
     model.change(on_model, [model], [decoder, temperature, max_new_tokens, steps, model_info],
                  api_name=f"model_{modality}", concurrency_id="ponder-model")
     inputs = [model, prompt, strategy, verifier, decoder, n, seed, temperature, max_new_tokens, steps, options]
-    run.click(on_generate, inputs, [best_text, best_image, best_audio, summary, table, gallery, plot, history, state],
+    run.click(on_generate, inputs,
+              [best_text, best_image, best_audio, summary, table, gallery, players, plot, history, state],
               api_name=f"generate_{modality}", concurrency_limit=concurrency, concurrency_id="ponder-model")
     again.click(on_rerender, [state, which], [again_out, again_image, again_audio, again_info],
                 api_name=f"rerender_{modality}",

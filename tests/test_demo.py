@@ -51,7 +51,7 @@ def test_the_controls_follow_the_loaded_model(client):
 
 
 def test_generate_shows_best_candidates_compute_and_scaling_then_rerenders_a_candidate(client):
-    best, image, audio, compute, table, gallery, plot, history = client.predict(
+    best, image, audio, compute, table, gallery, players, plot, history = client.predict(
         "zoo:arith", "Q: 58+36-7*2\n", "best-of-n", "exact", "plain", 4, 0, 1.0, 40, 0, "",
         api_name="/generate_text")
     assert best["visible"] and not image["visible"] and not audio["visible"] and not history["visible"]
@@ -101,7 +101,7 @@ def test_rerender_of_a_step_strategy_reruns_the_search():
 
 
 def test_the_image_tab_shows_the_best_image_as_an_image(client):
-    best, image, audio, compute, table, gallery, plot, history = client.predict(
+    best, image, audio, compute, table, gallery, players, plot, history = client.predict(
         "zoo:digits", "7", "best-of-n", "classifier", "plain", 3, 0, 1.0, 48, 4, "", api_name="/generate_image")
     assert image["visible"] and not best["visible"] and not audio["visible"]
     from PIL import Image

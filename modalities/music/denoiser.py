@@ -134,7 +134,7 @@ class AudioDenoiser(DiffusionDenoiser):
                 component.requires_grad_(False)
         family = FAMILIES[kind](pipe, index=index, model_name=name or str(folder), scheduler_config=scheduler_config)
         return cls(pipe, family, name=name or str(folder), sampler=sampler, guidance_scale=guidance_scale,
-                   seconds=seconds, default_steps=steps or 20)
+                   seconds=seconds, default_steps=steps or getattr(family, "default_steps", 20))
 
     # -- audio specifics ---------------------------------------------------------------------------
 

@@ -297,6 +297,9 @@ class MelDiffusion(_AudioFamily):
     takes no conditioning argument, so the tags enter as input channels. Prompts are tag strings
     (``"pluck, high, fast"``, any subset, at most one per group); ``""`` is the unconditional (null) row,
     which classifier-free guidance contrasts with (the recipe drops tags in training to learn it).
+    Two optional keys of ``model_index.json`` set the loaded model's defaults: ``default_guidance_scale``
+    (1.0 for a guidance-distilled student such as ``zoo:tones-cm``) and ``default_steps`` (1 for a one-step
+    student); ``--guidance-scale`` / ``--steps`` still override them.
     Seconds -> latent size: `MelSettings.frames_for` (any length: the UNet is convolutional; trained on
     ``mel.seconds``); the decode (inverse mel + Griffin-Lim, `mel.MelDecoder`) is cut to
     ``int(seconds * sample_rate)`` samples.
@@ -310,6 +313,17 @@ class MelDiffusion(_AudioFamily):
 
     def __init__(self, pipe: MelPipeline, *, index: dict, model_name: str, scheduler_config: dict):
         super().__init__(pipe, pipe.unet, model_name=model_name)
+        # 1.0: a guidance-distilled student
+        guidance = index.get("default_guidance_scale", type(self).default_guidance)
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance < 1:
+            raise ModelLoadError(f"{model_name!r}: model_index.json's default_guidance_scale must be a number >= 1, "
+                                 f"got {guidance!r}")
+        self.default_guidance = float(guidance)
+        steps = index.get("default_steps", 20)  # 1: a one-step (consistency) student
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ModelLoadError(f"{model_name!r}: model_index.json's default_steps must be an integer >= 1, "
+                                 f"got {steps!r}")
+        self.default_steps = steps
         self.mel = pipe.mel
         self.tag_encoder = pipe.tag_encoder
         self.decoder = pipe.decoder

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.modalities.registry import ModalitySpec, Option, ZooEntry
+from ponder.modalities.registry import BenchEntry, ModalitySpec, Option, ZooEntry
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 CONTROL_NAMES = ("intensity", "melody", "structure", "inpaint", "outpaint", "loop", "text")
@@ -155,13 +155,18 @@ SPEC = ModalitySpec(
     zoo=(
         ZooEntry("tones", "music", "model", "UNet1DModel mel diffusion on procedural tones, tag prompts "
                  "(PonderMelDiffusion folder; Griffin-Lim decode)", recipe="ponder.modalities.music.train",
-                 root=ZOO_DIR),
+                 root=ZOO_DIR, student="tones-cm"),
+        ZooEntry("tones-cm", "music", "draft", "one-step consistency-distilled student of tones: DITTO-2's surrogate",
+                 recipe="ponder.modalities.music.train_cm", root=ZOO_DIR),
         ZooEntry("tones-clap", "music", "verifier", "tiny ClapModel on tag text and tones clips (--clap for the "
                  "text control)", recipe="ponder.modalities.music.train_clap", root=ZOO_DIR),
         ZooEntry("tones-judge", "music", "verifier", "ASTForAudioClassification tag judge on a disjoint half: bench "
                  "only, never used by search", recipe="ponder.modalities.music.train_judge", root=ZOO_DIR),
     ),
     option_hint="{opt_steps: 20, lr: 0.05} or {controls: [structure=AABA]}",
+    benches={"music": BenchEntry("zoo:tones DITTO / DITTO-2 / random search on held-out intensity, melody, structure, "
+                                 "inpaint and CLAP targets (control loss vs wall time and backward passes; PNG)",
+                                 "ponder.bench.music:run")},
     diversity=_diversity,
     adapt=_adapt,
     order=30,

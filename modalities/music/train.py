@@ -179,13 +179,15 @@ def _recipe_key(cfg: TonesRecipe) -> dict:
     return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "steps"}))
 
 
-def fit(model: Teacher, ema: Teacher, cfg: TonesRecipe, out_dir: Path, loss_fn: Callable[[int], torch.Tensor],
-        log: Callable[[str], None]) -> dict:
+def fit(model: Teacher, ema: Teacher, cfg, out_dir: Path, loss_fn: Callable[[int], torch.Tensor],
+        log: Callable[[str], None], *, name: str = NAME) -> dict:
     """Run AdamW steps ``start .. cfg.steps - 1`` of ``loss_fn(step)``, updating `ema` after each, and
     checkpoint into ``out_dir/checkpoint`` every ``checkpoint_every`` steps and at the last one; resume from
     a checkpoint whose recipe matches (in everything but ``steps``) and is not past ``cfg.steps``.
 
-    Returns ``{"history", "resumed_from", "seconds", "steps_per_s"}`` of this run.
+    `cfg` is a recipe dataclass with this recipe's optimiser fields (``steps``, ``lr``, ``weight_decay``,
+    ``warmup_steps``, ``schedule_steps``, ``ema_decay``, ``log_every``, ``checkpoint_every``); `name` labels
+    the log lines. Returns ``{"history", "resumed_from", "seconds", "steps_per_s"}`` of this run.
     """
     import shutil
 
@@ -197,16 +199,16 @@ def fit(model: Teacher, ema: Teacher, cfg: TonesRecipe, out_dir: Path, loss_fn: 
         state = torch.load(ckpt / "state.pt", weights_only=True)
         if state["recipe"] != key:
             changed = sorted(k for k in set(key) | set(state["recipe"]) if key.get(k) != state["recipe"].get(k))
-            log(f"[{NAME}] the checkpoint in {ckpt} is of another recipe ({', '.join(changed)} differ): "
+            log(f"[{name}] the checkpoint in {ckpt} is of another recipe ({', '.join(changed)} differ): "
                 "starting afresh")
         elif state["step"] > cfg.steps:
-            log(f"[{NAME}] the checkpoint in {ckpt} is at step {state['step']}, past {cfg.steps}: starting afresh")
+            log(f"[{name}] the checkpoint in {ckpt} is at step {state['step']}, past {cfg.steps}: starting afresh")
         else:
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
             start, history = int(state["step"]), list(state["history"])
-            log(f"[{NAME}] resumed at step {start}")
+            log(f"[{name}] resumed at step {start}")
     model.train()
     t0 = time.time()
     for step in range(start, cfg.steps):
@@ -224,7 +226,7 @@ def fit(model: Teacher, ema: Teacher, cfg: TonesRecipe, out_dir: Path, loss_fn: 
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             rate = (done - start) / max(1e-9, time.time() - t0)
-            log(f"[{NAME}] step {done}/{cfg.steps} loss {loss.item():.4f} ({rate:.2f} steps/s)")
+            log(f"[{name}] step {done}/{cfg.steps} loss {loss.item():.4f} ({rate:.2f} steps/s)")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             history.append({"step": done, "loss": round(loss.item(), 4)})
             tmp = ckpt.with_name("checkpoint.tmp")

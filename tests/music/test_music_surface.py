@@ -111,16 +111,31 @@ def test_the_demos_music_tab_plays_the_best_clip(folders):
         client = Client(app.local_url, verbose=False)
         decoder, temperature, max_new, steps, info = client.predict(str(folders["audioldm2"]), api_name="/model_music")
         assert steps["visible"] and not temperature["visible"] and "diffusion model" in info
-        best_text, best_image, best_audio, compute, table, gallery, plot, history = client.predict(
+        best_text, best_image, best_audio, compute, table, gallery, players, plot, history = client.predict(
             str(folders["audioldm2"]), "rain", "best-of-n", RISING, "plain", 2, 0, 1.0, 8, 2, "",
             api_name="/generate_music")
-        assert best_audio["visible"] and not best_text["visible"]
+        assert best_audio["visible"] and not best_text["visible"] and not gallery["visible"]
+        # a player for every candidate, each with its seed and score, inline WAV
+        assert players["visible"] and players["value"].count("<audio controls") == 2
+        assert players["value"].count("data:audio/wav;base64,UklGR") == 2  # "RIFF"
+        for row in table["data"]:
+            assert f"#{row[0]}, seed {row[1]}, score {row[2]:.4f}" in players["value"]
         with wave.open(best_audio["value"]) as w:
             assert w.getnframes() > 0
         assert all(row[3].startswith("<audio ") for row in table["data"])
         output, image, audio, info = client.predict(1, api_name="/rerender_music")
         assert audio["visible"] and not image["visible"] and output == table["data"][1][3]
         assert "identical to the original: yes" in info
+        # DITTO: every candidate's control loss per Adam step, and its score before and after
+        *_, players, plot, history = client.predict(
+            str(folders["audioldm2"]), "rain", "ditto", RISING, "plain", 2, 0, 1.0, 8, 2, "{opt_steps: 2, lr: 0.05}",
+            api_name="/generate_music")
+        assert history["visible"] and len(history["value"]["data"]) == 2 * 3
+        columns, rows = history["value"]["columns"], history["value"]["data"]
+        assert all(r[columns.index("loss")] == -r[columns.index("score")] for r in rows)
+        plot_y = next(b.y for b in app.blocks.values() if getattr(b, "elem_id", None) == "history-music")
+        assert plot_y == "loss"  # the music tab plots the control loss falling
+        assert "before " in players["value"] and "after " in players["value"]
     finally:
         app.close()
 
