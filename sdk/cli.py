@@ -272,7 +272,7 @@ def cmd_generate(args) -> int:
     result = ponder.generate(model, request.prompt, **request.generate_kwargs())
     payload = payload_lines(result)
     if args.out is not None:
-        payload["files"] = write_result(args.out, request.to_dict(), result)
+        payload["files"] = write_result(args.out, request.to_dict(), result, timing=True)
     if args.json:
         print(json.dumps(payload))
     else:
@@ -290,8 +290,10 @@ def cmd_generate(args) -> int:
         cost = f"NFE {c.nfe}, verifier calls {c.verifier_calls}" if c.nfe else f"tokens {c.tokens}"
         if c.backward_passes:
             cost += f", backward passes {c.backward_passes}"
+        rtf = payload["compute"].get("real_time_factor")
+        timing = f"{c.seconds:.2f}s" + ("" if rtf is None else f" (real-time factor {rtf:.3g})")
         print(f"# {len(result.candidates)} candidate(s); scores [{scores}]; model calls {c.model_calls}, "
-              f"{cost}, {c.seconds:.2f}s", file=sys.stderr)
+              f"{cost}, {timing}", file=sys.stderr)
     return 0
 
 

@@ -596,9 +596,20 @@ def _pooled(output) -> torch.Tensor:
 
 
 def load_clap(folder: str | Path):
-    """A ClapModel and ClapProcessor from a local folder (safetensors, no hub) -> (model, processor)."""
+    """A ClapModel and ClapProcessor from a local folder (safetensors, no hub), or a zoo name such as
+    ``zoo:tones-clap`` -> (model, processor)."""
     from transformers import ClapModel, ClapProcessor
 
+    if isinstance(folder, str) and folder.startswith("zoo:"):
+        from ponder.errors import ZooError
+        from ponder.modalities.registry import zoo_entries
+
+        table = zoo_entries()
+        entry = table.get(folder.removeprefix("zoo:"))
+        if entry is None or "clap" not in entry.name:
+            claps = ", ".join(f"zoo:{n}" for n in sorted(table) if "clap" in n) or "none"
+            raise ZooError(f"{folder!r} is not a zoo CLAP; the zoo's CLAP models: {claps}")
+        folder = entry.weights()
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{str(folder)!r} is not a ClapModel folder (no config.json)")
@@ -743,8 +754,8 @@ def parse_control(spec: str, sample_rate: int, *, clap: Any = None) -> Control:
     if name == "loop":
         return Loop(_seconds("loop overlap", value), sample_rate)
     if clap is None:
-        raise ConfigError("the text control needs a local ClapModel folder (with its processor files): "
-                          "pass clap=FOLDER")
+        raise ConfigError("the text control needs a CLAP: a local ClapModel folder (with its processor files) or "
+                          "a zoo CLAP, e.g. --clap zoo:tones-clap (Python: clap=...)")
     if isinstance(clap, (tuple, list)):
         return TextAdherence(*clap, sample_rate=sample_rate, text=value)
     return TextAdherence(clap, sample_rate=sample_rate, text=value)

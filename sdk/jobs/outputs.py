@@ -13,7 +13,7 @@ from typing import Any
 
 from ponder.modalities.registry import OutputKind, kind_of
 
-__all__ = ["encoder_for", "payload_lines", "result_files", "write_result"]
+__all__ = ["encoder_for", "payload_lines", "real_time_factor", "result_files", "write_result"]
 
 
 def encoder_for(output: Any) -> OutputKind:
@@ -21,13 +21,23 @@ def encoder_for(output: Any) -> OutputKind:
     return kind_of(output)
 
 
-def result_files(item_spec: dict, result) -> dict[str, bytes]:
+def real_time_factor(result, seconds: float) -> float | None:
+    """Seconds of compute per second of audio the result made (over all its candidates); None when no
+    candidate is audio."""
+    from ponder.modalities.registry import AUDIO
+
+    audio = sum(c.output.seconds for c in result.candidates if kind_of(c.output) is AUDIO)
+    return round(seconds / audio, 4) if audio > 0 else None
+
+
+def result_files(item_spec: dict, result, *, timing: bool = False) -> dict[str, bytes]:
     """The files of one result: every candidate, the best one, and ``result.json``.
 
-    ``result.json`` holds the request (`item_spec`) and ``Result.to_dict()`` except the wall time
-    (which differs run to run; render jobs keep it in the manifest), so the same request and seed
-    give the same bytes on any backend. An output that is not text is held by its file
-    (``"output": null, "file": NAME``).
+    ``result.json`` holds the request (`item_spec`) and ``Result.to_dict()``. Without `timing` the wall
+    time is left out (it differs run to run; render jobs keep it in the manifest), so the same request
+    and seed give the same bytes on any backend; with `timing` (``ponder generate --out``) it keeps
+    ``compute.seconds`` and, for audio, ``compute.real_time_factor`` (`real_time_factor`). An output
+    that is not text is held by its file (``"output": null, "file": NAME``).
     """
     files: dict[str, bytes] = {}
     names = []
@@ -42,7 +52,12 @@ def result_files(item_spec: dict, result) -> dict[str, bytes]:
         best_name = f"best{kind.suffix}"
         files[best_name] = kind.encode(result.best.output)
     payload = result.to_dict()
-    payload["compute"].pop("seconds", None)
+    if timing:
+        rtf = real_time_factor(result, result.compute.seconds)
+        if rtf is not None:
+            payload["compute"]["real_time_factor"] = rtf
+    else:
+        payload["compute"].pop("seconds", None)
     for shown, cand, name in zip(payload["candidates"], result.candidates, names):
         if not isinstance(cand.output, str):
             shown["output"] = None  # the file holds it
@@ -56,14 +71,14 @@ def result_files(item_spec: dict, result) -> dict[str, bytes]:
     return files
 
 
-def write_result(folder: str | Path, item_spec: dict, result) -> list[str]:
-    """Write `result_files` into `folder`, each file atomically, ``result.json`` last (so a folder with a
-    ``result.json`` is complete). Returns the file names written."""
+def write_result(folder: str | Path, item_spec: dict, result, *, timing: bool = False) -> list[str]:
+    """Write `result_files` (with `timing`) into `folder`, each file atomically, ``result.json`` last (so a
+    folder with a ``result.json`` is complete). Returns the file names written."""
     from ponder.jobs.store import write_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = result_files(item_spec, result)
+    files = result_files(item_spec, result, timing=timing)
     for name, data in files.items():
         if name != "result.json":
             write_atomic(folder / name, data)
@@ -73,8 +88,12 @@ def write_result(folder: str | Path, item_spec: dict, result) -> list[str]:
 
 def payload_lines(result) -> dict:
     """``Result.to_dict()`` with every output that is not text described in one line (``<image 16x16 L
-    sha256:...>``): the ``--json`` form and what the demo's tables show."""
+    sha256:...>``), and ``compute.real_time_factor`` for audio: the ``--json`` form and what the demo's
+    tables show."""
     payload = result.to_dict()
+    rtf = real_time_factor(result, result.compute.seconds)
+    if rtf is not None:
+        payload["compute"]["real_time_factor"] = rtf
     for shown, cand in zip([payload["best"], *payload["candidates"]], [result.best, *result.candidates]):
         if shown is not None and not isinstance(cand.output, str):
             shown["output"] = encoder_for(cand.output).line(cand.output)

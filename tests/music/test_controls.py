@@ -291,7 +291,7 @@ def _bad_specs(tmp_path):
         ("loop=-1", ConfigError, "loop overlap must be"),
         ("loop=0.01", ConfigError, "shorter than one analysis frame"),
         ("loop=half", ConfigError, "got 'half'"),
-        ("text=a calm piano", ConfigError, "needs a local ClapModel folder"),
+        ("text=a calm piano", ConfigError, "needs a CLAP: a local ClapModel folder"),
     ]
 
 

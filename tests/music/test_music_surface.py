@@ -60,6 +60,11 @@ def test_cli_writes_wav_candidates_and_refuses_misplaced_controls(folders, tmp_p
     doc = json.loads((out / "result.json").read_text())
     assert doc["item"]["options"]["controls"] == [RISING] and doc["config"]["strategy"] == "ditto-2"
     assert all({"score_before", "score_after", "surrogate_before"} <= set(c["meta"]) for c in doc["candidates"])
+    compute = doc["compute"]  # --out keeps the timing: seconds and seconds of compute per second of audio
+    with wave.open(str(out / "candidate_000.wav")) as w:
+        audio_seconds = w.getnframes() / w.getframerate() * len(doc["candidates"])
+    assert compute["backward_passes"] > 0 and compute["nfe"] > 0 and compute["seconds"] > 0
+    assert compute["real_time_factor"] == pytest.approx(compute["seconds"] / audio_seconds, rel=1e-3, abs=1e-4)
     cases = [
         (["generate", "text", "--model", "zoo:arith", "--prompt", "x", "--control", RISING],
          "--control is an option of music models, not 'text'"),

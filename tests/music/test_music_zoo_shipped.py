@@ -57,3 +57,14 @@ def test_the_shipped_clap_prefers_each_clips_own_tags():
         wrong = float(control.score_tensor(f"{wrong_timbre}, {clip.register}, {clip.tempo_word}", wave[None]))
         wins += right > wrong
     assert wins >= 9  # the card: held-out timbre retrieval far above chance
+
+
+def test_the_text_control_takes_a_zoo_clap_by_name():
+    from ponder.errors import ZooError
+    from ponder.modalities.music.controls import TextAdherence, parse_control
+
+    _shipped("tones-clap")
+    control = parse_control("text=pluck, high", 16000, clap="zoo:tones-clap")
+    assert isinstance(control, TextAdherence) and control.text == "pluck, high"
+    with pytest.raises(ZooError, match="not a zoo CLAP; the zoo's CLAP models: zoo:tones-clap"):
+        parse_control("text=pluck", 16000, clap="zoo:tones-judge")
