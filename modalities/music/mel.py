@@ -16,14 +16,21 @@ rounded up to a multiple of ``frame_multiple`` (the UNet halves the time axis), 
 to ``(frames - 1) * hop_length`` samples first (4 s: 252 frames, 64 256 samples, with frame_multiple 4).
 
 **Decode** (`MelDecoder`): the inverse map to a magnitude mel, torchaudio ``InverseMelScale`` (least
-squares onto the ``n_fft / 2 + 1`` STFT bins, then ReLU) and ``GriffinLim`` (``griffin_lim_iters``
-iterations, momentum ``griffin_lim_momentum``, ``rand_init=False``: the phase starts at zero, so the
-decode is a deterministic function of x). Every operation is differentiable; values of x outside [-1, 1]
-are clamped first (outside the data's range by construction; they get no gradient). Cost with the
-defaults (32 iterations), measured on one CPU thread of a shared 2-core machine: ~0.06 s per second of
-audio forward in a batch of 4 (~0.09 s for one clip alone) and ~0.11 s per second of audio for the
-backward pass, i.e. ~0.25-0.35 s for a 4 s clip; two threads on a loaded machine were up to 10x slower.
-A 25-step guided sample of the zoo teacher (50 UNet rows) costs about as much as its decode.
+squares onto the ``n_fft / 2 + 1`` STFT bins, then ReLU), then the phase: torchaudio ``griffinlim``
+(``griffin_lim_iters`` iterations, momentum ``griffin_lim_momentum``, ``rand_init=False``: the phase starts
+at zero, so the decode is a deterministic function of x) runs WITHOUT gradients, and the waveform is the
+inverse STFT of the magnitude with the phase of that Griffin-Lim signal (one more Griffin-Lim projection).
+Gradients flow through the magnitude path (denormalise, inverse mel, inverse STFT) with the phase held
+fixed: the loss's dependence on the phase recovery is dropped. That is what makes noise optimisation
+affordable here (measured, one thread: backpropagating through 32 Griffin-Lim iterations costs 0.46 s per
+4 s clip; the fixed-phase backward ~5 ms, on top of the no-grad forward) and it changes little for the
+controls, which read magnitudes. The value is the same with and without gradients. Values of x outside
+[-1, 1] are clamped first (outside the data's range by construction; they get no gradient). Iterations:
+8 by default. On 32 held-out clips through features -> decode, the bench's measurements hardly move with
+them (judge timbre / register / tempo accuracy 0.81 / 1.00 / 0.78 at 8 iterations, 0.84 / 1.00 / 0.78 at 32;
+pitch-class accuracy 0.92 vs 0.90; loudness correlation 0.964 vs 0.967), while each iteration costs
+~4 ms per 4 s clip (one thread): ~40 ms per clip at 8, ~0.13-0.16 s at 32. Set ``griffin_lim_iters`` in
+``mel.json`` for more. A 20-step guided sample of the zoo teacher (40 UNet rows) costs ~0.45 s.
 
 **Tag encoder** (`TagEncoder`, saved as ``tag_encoder/config.json`` + ``tag_encoder/model.safetensors``):
 tag groups (``timbre``, ``register``, ``tempo``, each word one of `tones.TAG_VOCAB`), an embedding per tag
@@ -58,7 +65,7 @@ class MelSettings:
     log10_max: float = 3.0  # -> x = +1; the loudest band of a -1 dBFS clip is ~10^2.5
     seconds: float = 4.0  # the clip length trained on: the default audio length
     frame_multiple: int = 4  # latent frames are a multiple of this: 2 ** (UNet levels - 1)
-    griffin_lim_iters: int = 32  # phase-recovery iterations of the decode
+    griffin_lim_iters: int = 8  # phase-recovery iterations of the decode (4-32 measure alike: module docstring)
     griffin_lim_momentum: float = 0.99  # fast Griffin-Lim (Perraudin et al. 2013)
 
     def __post_init__(self):
@@ -135,7 +142,8 @@ def features(waves: torch.Tensor, mel: MelSettings, seconds: float | None = None
 
 class MelDecoder(torch.nn.Module):
     """x [B, n_mels, frames] -> waveform [B, (frames - 1) * hop_length]: `denormalise`, ``InverseMelScale``,
-    deterministic ``GriffinLim``; differentiable throughout (no parameters)."""
+    then the inverse STFT with the phase of a deterministic Griffin-Lim run (no parameters). Differentiable
+    in x with the phase held fixed (the module docstring says why)."""
 
     def __init__(self, mel: MelSettings):
         super().__init__()
@@ -149,15 +157,26 @@ class MelDecoder(torch.nn.Module):
         self.momentum = mel.griffin_lim_momentum
         self.register_buffer("window", torch.hann_window(mel.n_fft), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def phase(self, linear: torch.Tensor, length: int) -> torch.Tensor:
+        """Unit complex phase [B, bins, F] of Griffin-Lim's signal for magnitudes `linear` (no gradient)."""
         import torchaudio
 
+        n_fft, hop = self.mel.n_fft, self.mel.hop_length
+        window = self.window.to(linear.device)
+        with torch.no_grad():
+            wave = torchaudio.functional.griffinlim(linear.detach(), window, n_fft, hop, n_fft, 1.0, self.n_iter,
+                                                    self.momentum, length, False)  # rand_init=False
+            spec = torch.stft(wave, n_fft, hop, n_fft, window, center=True, pad_mode="reflect",
+                              return_complex=True)  # [B, bins, F]
+        return spec / spec.abs().clamp(min=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         magnitude = denormalise(x.float(), self.mel)  # [B, n_mels, F]
         linear = self.inverse_mel(magnitude)  # [B, n_fft / 2 + 1, F]
         length = (x.shape[-1] - 1) * self.mel.hop_length
-        return torchaudio.functional.griffinlim(
-            linear, self.window.to(linear.device), self.mel.n_fft, self.mel.hop_length, self.mel.n_fft, 1.0,
-            self.n_iter, self.momentum, length, False)  # [B, length]; rand_init=False: deterministic
+        phase = self.phase(linear, length)
+        return torch.istft(linear * phase, self.mel.n_fft, self.mel.hop_length, self.mel.n_fft,
+                           self.window.to(linear.device), center=True, length=length)  # [B, length]
 
 
 TAG_SEPARATORS = re.compile(r"[,\s]+")

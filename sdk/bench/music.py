@@ -143,18 +143,19 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
     from tqdm import tqdm
 
     import ponder
+    from ponder import zoo
     from ponder.modalities.music.controls import load_clap
     from ponder.modalities.music.train_judge import TonesJudge
     from ponder.search.scaling import ditto, ditto2, noise_random
 
     torch.manual_seed(0)
     model = ponder.load("music", "zoo:tones")
-    student = ponder.load("music", "zoo:tones-cm") if ponder.zoo.entry("tones-cm").built else None
+    student = ponder.load("music", "zoo:tones-cm") if zoo.entry("tones-cm").built else None
     if student is None:
         log("[music] zoo:tones-cm is not built: DITTO-2 uses the teacher's one-step x0 (build it with "
             "`ponder zoo train tones-cm`)")
-    clap = load_clap(ponder.zoo.folder("tones-clap"))
-    judge = TonesJudge.from_folder(ponder.zoo.folder("tones-judge"))
+    clap = load_clap(zoo.folder("tones-clap"))
+    judge = TonesJudge.from_folder(zoo.folder("tones-judge"))
     targets_per = QUICK_TARGETS if quick else TARGETS
     ditto_per = QUICK_DITTO_TARGETS if quick else DITTO_TARGETS
     ditto_opt = QUICK_OPT["ditto"] if quick else DITTO_OPT
