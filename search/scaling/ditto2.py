@@ -6,7 +6,9 @@ the consistency-distilled student of the teacher when one is given (``student=``
 teacher's own one-step x0 prediction at the noisiest time (recorded as ``config["surrogate"]``);
 (2) Adam optimises x_T against ``-score_tensor`` of the surrogate's decoded x0 (one network call per
 step instead of a whole chain, so far cheaper than DITTO); (3) the optimised x_T is decoded with the
-teacher's multi-step deterministic sampler. How far the surrogate's optimum carries over is measured
+teacher's multi-step deterministic sampler. As DITTO returns the best iterate it reached, a candidate
+keeps its initial noise's decode when the optimised one scores lower (``meta["kept"]``: "optimised" or
+"initial"; ``score_after`` is always the optimised decode's). How far the surrogate's optimum carries over is measured
 for every candidate: its multi-step score before (plain sampling from the same seed) and after, next
 to the surrogate's score before and after; ``config["carry_over"]`` is the mean multi-step gain over
 the mean surrogate gain.
@@ -42,8 +44,9 @@ def ditto2(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed
         student: a one-step `Denoiser` of the same latent shape (a consistency-distilled student);
             None uses the teacher's one-step x0 prediction.
     Returns:
-        A Result whose candidates are the multi-step decodes of the optimised noises, scored by the
-        verifier's `score_tensor`; ``meta`` holds the surrogate's and the multi-step scores before and after.
+        A Result whose candidates are the multi-step decodes of the optimised noises (or of the initial ones
+        where those scored higher), scored by the verifier's `score_tensor`; ``meta`` holds the surrogate's
+        and the multi-step scores before and after, and which decode was kept.
     """
     verifier, steps, opt_steps, lr = check_optimisation(model, verifier, "ditto-2", n, steps, opt_steps, lr)
     if student is not None and not isinstance(student, Denoiser):
@@ -74,15 +77,19 @@ def ditto2(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed
             compute.verifier_calls += noise.shape[0]
             return x0, scores
 
-        _, before = multi_step_scores(x_T)
+        x0_before, before = multi_step_scores(x_T)
         with nfe_counter(one_step, compute, rows=n * (opt_steps + 1)):
             best_noise, _, surrogate_after, history = optimise_noise(
                 model, verifier, prompt, x_T, surrogate, opt_steps=opt_steps, lr=lr, compute=compute)
         x0, after = multi_step_scores(best_noise)
+        # like DITTO's best iterate: a candidate never ends below its own start (the surrogate can mislead)
+        keep = after >= before  # [B]
+        x0 = torch.where(keep.view(-1, *[1] * (x0.dim() - 1)), x0, x0_before)
         outputs = model.decode(x0)
     surrogate_before = torch.tensor([h[0] for h in history])
-    candidates = [Candidate(output=out, score=float(after[i]), seed=candidate_seed(seed, i),
+    candidates = [Candidate(output=out, score=float(max(after[i], before[i])), seed=candidate_seed(seed, i),
                             meta={"index": i, "score_before": float(before[i]), "score_after": float(after[i]),
+                                  "kept": "optimised" if bool(keep[i]) else "initial",
                                   "surrogate_before": float(surrogate_before[i]),
                                   "surrogate_after": float(surrogate_after[i]),
                                   "surrogate_history": [round(v, 6) for v in history[i]]})

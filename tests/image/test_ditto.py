@@ -87,6 +87,33 @@ def test_ditto2_optimises_through_the_one_step_surrogate_and_reports_the_carry_o
     assert res.compute.nfe == 3 * 3 * 2 + 3 * 9  # two multi-step decodes + one surrogate call per Adam step
 
 
+class Misleading:
+    """A surrogate whose one-step x0 is the teacher's negated: following its gradient lowers the real score."""
+
+    name = "misleading"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, attr):
+        return getattr(self.model, attr)
+
+    def predict_x0(self, x_t, t, cond):
+        return -self.model.predict_x0(x_t, t, cond)
+
+
+def test_ditto2_never_returns_a_candidate_below_its_start(model):
+    """A surrogate that misleads: the multi-step score falls, and each candidate keeps its initial decode."""
+    for student, kept in ((Misleading(model), "initial"), (None, "optimised")):
+        res = ditto2(model, "two", Brightness(), n=3, seed=4, steps=3, opt_steps=4, lr=0.5, student=student)
+        for cand in res.candidates:
+            before, after = cand.meta["score_before"], cand.meta["score_after"]
+            assert cand.meta["kept"] == kept and (after < before) == (kept == "initial")
+            assert cand.score == pytest.approx(max(before, after), abs=1e-6)
+            again = float(Brightness().score("two", [cand.output])[0])  # from the 8-bit image itself
+            assert again == pytest.approx(cand.score, abs=1e-2)  # the output is the decode it says it kept
+
+
 def test_ditto2_takes_a_student_of_the_same_latents(model, tmp_path):
     student = ponder.load("image", image_tiny.class_unet_folder(tmp_path / "student"), steps=1)
     res = ditto2(model, "two", Brightness(), n=2, seed=1, steps=3, opt_steps=3, lr=0.2, student=student)
