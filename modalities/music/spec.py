@@ -155,9 +155,13 @@ SPEC = ModalitySpec(
     zoo=(
         ZooEntry("tones", "music", "model", "UNet1DModel mel diffusion on procedural tones, tag prompts "
                  "(PonderMelDiffusion folder; Griffin-Lim decode)", recipe="ponder.modalities.music.train",
-                 root=ZOO_DIR, student="tones-cm"),
-        ZooEntry("tones-cm", "music", "draft", "one-step consistency-distilled student of tones: DITTO-2's surrogate",
-                 recipe="ponder.modalities.music.train_cm", root=ZOO_DIR),
+                 root=ZOO_DIR, student="tones-student"),
+        ZooEntry("tones-student", "music", "draft", "one-step student of tones (direct distillation of its 20-step "
+                 "guided DDIM): DITTO-2's default surrogate", recipe="ponder.modalities.music.train_student",
+                 root=ZOO_DIR),
+        ZooEntry("tones-cm", "music", "draft", "one-step consistency-distilled student of tones (the DITTO-2 paper's "
+                 "kind; weaker than tones-student on this budget)", recipe="ponder.modalities.music.train_cm",
+                 root=ZOO_DIR),
         ZooEntry("tones-clap", "music", "verifier", "tiny ClapModel on tag text and tones clips (--clap for the "
                  "text control)", recipe="ponder.modalities.music.train_clap", root=ZOO_DIR),
         ZooEntry("tones-judge", "music", "verifier", "ASTForAudioClassification tag judge on a disjoint half: bench "

@@ -82,7 +82,7 @@ class TonesRecipe:
     seed: int = 4  # model init and every step's randomness
     train_clips: int = 2000  # teacher-half clips (the first 2000 teacher-half seeds)
     heldout_clips: int = 64  # held-out clips the card's losses and statistics use
-    block_out_channels: tuple[int, ...] = (64, 96, 128)  # UNet widths per level (multiples of 8: GroupNorm)
+    block_out_channels: tuple[int, ...] = (128, 128, 192)  # UNet widths per level (multiples of 8: GroupNorm)
     tag_dim: int = 16  # tag-encoder width = extra input channels
     p_uncond: float = 0.1  # whole prompt dropped: the unconditional branch
     p_drop_tag: float = 0.15  # each remaining tag dropped: partial prompts

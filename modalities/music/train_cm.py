@@ -135,38 +135,41 @@ def teacher_step(teacher: teacher_recipe.Teacher, scales: Scales, x_t: torch.Ten
     return a_n * x0 + s_n * eps
 
 
-def _student_index(teacher_index: dict) -> dict:
-    return {**teacher_index, "default_guidance_scale": 1.0, "default_steps": 1,
-            "distilled_from": f"zoo:{TEACHER} (consistency distillation, guidance-distilled)"}
+def student_index(teacher_index: dict, distilled_from: str) -> dict:
+    """A one-step, guidance-distilled student's model_index.json: the teacher's, defaulting to 1 step, no CFG."""
+    return {**teacher_index, "default_guidance_scale": 1.0, "default_steps": 1, "distilled_from": distilled_from}
 
 
 @torch.no_grad()
-def _card_metrics(teacher_dir: Path, folder: Path, zoo_dir: Path, cfg: CMRecipe, log) -> dict:
-    """The card's held-out figures, read through the music loader users reach (both folders as written)."""
+def card_metrics(teacher_dir: Path, folder: Path, zoo_dir: Path, *, name: str, heldout: int, seed: int,
+                 eval_steps: int, log) -> dict:
+    """A one-step student's held-out card figures, read through the music loader users reach (both folders
+    as written): its x0 against the teacher's `eval_steps`-step sample from the same noise, beside the
+    teacher's own one-step x0 (DITTO-2's fallback surrogate); mel statistics; judge tag accuracy."""
     from ponder.modalities.music import load
     from ponder.search.core import candidate_generators
 
     teacher = load(teacher_dir, name=f"zoo:{TEACHER}")
-    student = load(folder, name=f"zoo:{NAME}")
-    held = list(tones.clips("heldout", cfg.heldout))
+    student = load(folder, name=f"zoo:{name}")
+    held = list(tones.clips("heldout", heldout))
     xh = teacher_recipe._clip_features(held, teacher.family.mel)
     prompts = [c.tags for c in held]
-    x_T = teacher.noise(candidate_generators(30_000 + cfg.seed, range(len(held))))  # [H, mels, F]
+    x_T = teacher.noise(candidate_generators(30_000 + seed, range(len(held))))  # [H, mels, F]
     multi, s_one, teacher_one = [], [], []
-    t_top = teacher.timesteps(cfg.eval_steps)[0]  # where DITTO-2's no-student surrogate calls the teacher
+    t_top = teacher.timesteps(eval_steps)[0]  # where DITTO-2's no-student surrogate calls the teacher
     for i, prompt in enumerate(prompts):
         row = x_T[i:i + 1]
         cond = teacher.condition(prompt)
-        multi.append(teacher.sample(row, cond, cfg.eval_steps))
+        multi.append(teacher.sample(row, cond, eval_steps))
         teacher_one.append(teacher.predict_x0(row, t_top, cond))
         s_one.append(student.predict_x0(row, student.timesteps(1)[0], student.condition(prompt)))
     multi, s_one, teacher_one = torch.cat(multi), torch.cat(s_one), torch.cat(teacher_one)
-    out = {"heldout": len(held), "teacher_steps": cfg.eval_steps,
+    out = {"heldout": len(held), "teacher_steps": eval_steps,
            "mse_to_teacher_student_one_step": round(float((s_one - multi).pow(2).mean()), 5),
            "mse_to_teacher_teacher_one_step": round(float((teacher_one - multi).pow(2).mean()), 5),
            "mel_stats_distance_student_one_step": round(teacher_recipe.mel_stats_distance(s_one, xh), 4),
            "mel_stats_distance_teacher": round(teacher_recipe.mel_stats_distance(multi, xh), 4),
-           "student_nfe_per_sample": 1, "teacher_nfe_per_sample": 2 * cfg.eval_steps}
+           "student_nfe_per_sample": 1, "teacher_nfe_per_sample": 2 * eval_steps}
     judge_dir = Path(zoo_dir) / teacher_recipe.JUDGE
     if (judge_dir / "config.json").is_file():
         from ponder.modalities.music.train_judge import TonesJudge
@@ -179,25 +182,73 @@ def _card_metrics(teacher_dir: Path, folder: Path, zoo_dir: Path, cfg: CMRecipe,
                 right = [p.split(", ")[k] == q.split(", ")[k] for p, q in zip(predicted, prompts)]
                 out[f"judge_{group}_accuracy_{key}"] = round(sum(right) / len(right), 4)
     else:
-        log(f"[{NAME}] no {teacher_recipe.JUDGE} built in {zoo_dir}: the card has no judge figures")
+        log(f"[{name}] no {teacher_recipe.JUDGE} built in {zoo_dir}: the card has no judge figures")
     return out
+
+
+def save_student(out_dir: Path, teacher_dir: Path, zoo_dir: Path, net: teacher_recipe.Teacher, scheduler, mel,
+                 *, name: str, distilled_from: str, card: dict, heldout: int, seed: int, eval_steps: int,
+                 log) -> dict:
+    """Write a one-step student folder (the teacher's layout, trailing DDIM spacing so one step starts at
+    t = 999, `student_index` defaults), measure its `card_metrics` on the folder as written, and swap it
+    into `out_dir` with ``card`` + its metrics as card.json. Returns the card."""
+    import shutil
+
+    from diffusers import DDIMScheduler
+
+    teacher_index = json.loads((Path(teacher_dir) / "model_index.json").read_text())
+    one_step = DDIMScheduler.from_config({**dict(scheduler.config), "timestep_spacing": "trailing"})
+
+    def write(folder: Path) -> None:
+        teacher_recipe.write_folder(folder, net, one_step, mel, None)
+        (folder / "model_index.json").write_text(json.dumps(student_index(teacher_index, distilled_from),
+                                                            indent=2) + "\n")
+
+    staging = out_dir.with_name(out_dir.name + ".eval.saving")  # the card reads the written folder
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    try:
+        metrics = card_metrics(teacher_dir, staging, zoo_dir, name=name, heldout=heldout, seed=seed,
+                               eval_steps=eval_steps, log=log)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    card = {**card, "metrics": {**metrics, **card.get("metrics", {})}}
+    log(f"[{name}] held-out MSE to the teacher's {eval_steps}-step sample: one-step student "
+        f"{metrics['mse_to_teacher_student_one_step']}, the teacher's own one-step x0 "
+        f"{metrics['mse_to_teacher_teacher_one_step']}")
+
+    def write_with_card(folder: Path) -> None:
+        write(folder)
+        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+    save_zoo_folder(out_dir, write_with_card)
+    return card
+
+
+def student_setup(recipe_name: str, name: str, recipe_cls, smoke_fields: dict, zoo_dir: Path, steps: int | None,
+                  smoke: bool):
+    """What a student recipe starts from: (its recipe, the teacher's folder, its own folder, the teacher's
+    pipeline parts, the frozen `train.Teacher`); a ZooError for another name or an unbuilt teacher."""
+    from ponder.modalities.music.families import MelDiffusion
+
+    if name != recipe_name:
+        raise ZooError(f"this recipe builds {recipe_name!r}, not {name!r}")
+    cfg = recipe_cls(**smoke_fields) if smoke else recipe_cls()
+    if steps is not None:
+        cfg = replace(cfg, steps=check_int("steps", steps))
+    zoo_dir = Path(zoo_dir)
+    teacher_dir, out_dir = zoo_dir / TEACHER, zoo_dir / recipe_name
+    if not (teacher_dir / "model_index.json").is_file():
+        raise ZooError(f"{recipe_name} distils the teacher at {teacher_dir}; build it first with "
+                       f"`ponder zoo train {TEACHER}`")
+    pipe = MelDiffusion.load_pipeline(teacher_dir, "PonderMelDiffusion", {})
+    teacher = teacher_recipe.Teacher(pipe.unet, pipe.tag_encoder).requires_grad_(False).eval()
+    return cfg, teacher_dir, out_dir, pipe, teacher
 
 
 def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: bool = False) -> dict:
     """Distil ``zoo_dir/tones`` into ``zoo_dir/tones-cm`` (the recipe above) and return its card."""
-    from ponder.modalities.music.families import MelDiffusion
-
-    if name != NAME:
-        raise ZooError(f"this recipe builds {NAME!r}, not {name!r}")
-    cfg = CMRecipe(**SMOKE) if smoke else CMRecipe()
-    if steps is not None:
-        cfg = replace(cfg, steps=check_int("steps", steps))
-    zoo_dir = Path(zoo_dir)
-    teacher_dir, out_dir = zoo_dir / TEACHER, zoo_dir / NAME
-    if not (teacher_dir / "model_index.json").is_file():
-        raise ZooError(f"{NAME} distils the teacher at {teacher_dir}; build it first with `ponder zoo train {TEACHER}`")
-    pipe = MelDiffusion.load_pipeline(teacher_dir, "PonderMelDiffusion", {})
-    teacher = teacher_recipe.Teacher(pipe.unet, pipe.tag_encoder).requires_grad_(False).eval()
+    cfg, teacher_dir, out_dir, pipe, teacher = student_setup(NAME, name, CMRecipe, SMOKE, zoo_dir, steps, smoke)
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(teacher).requires_grad_(True)
     ema = copy.deepcopy(teacher).requires_grad_(False)
@@ -234,43 +285,18 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
         return ((d2 + cfg.huber_c ** 2).sqrt() - cfg.huber_c).mean()
 
     run = teacher_recipe.fit(student, ema, cfg, out_dir, loss_fn, log, name=NAME)
-    teacher_index = json.loads((teacher_dir / "model_index.json").read_text())
-    from diffusers import DDIMScheduler
-
-    student_scheduler = DDIMScheduler.from_config({**dict(scheduler.config), "timestep_spacing": "trailing"})
-
-    def write(folder: Path) -> None:
-        teacher_recipe.write_folder(folder, ema, student_scheduler, mel, None)
-        (folder / "model_index.json").write_text(json.dumps(_student_index(teacher_index), indent=2) + "\n")
-
-    staging = out_dir.with_name(out_dir.name + ".eval.saving")  # the card reads the written folder
-    import shutil
-
-    shutil.rmtree(staging, ignore_errors=True)
-    write(staging)
-    try:
-        metrics = _card_metrics(teacher_dir, staging, zoo_dir, cfg, log)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    metrics.update({"steps_per_s": run["steps_per_s"], "train_seconds_this_run": run["seconds"],
-                    "resumed_from": run["resumed_from"]})
-    log(f"[{NAME}] held-out MSE to the teacher's {cfg.eval_steps}-step sample: one-step student "
-        f"{metrics['mse_to_teacher_student_one_step']}, the teacher's own one-step x0 "
-        f"{metrics['mse_to_teacher_teacher_one_step']}")
     card = {"name": NAME, "kind": "PonderMelDiffusion one-step student (consistency distillation, guided)",
             "parameters": n_params(ema), "teacher": f"zoo:{TEACHER}",
             "data": f"the teacher's training clips (first {len(clips)} 'teacher'-half train seeds); the teacher's "
                     f"guided DDIM ODE steps on {len(times) - 1} segments; card figures on the first "
-                    f"{metrics['heldout']} held-out seeds' tags with fresh noise",
-            "recipe": asdict(cfg), "metrics": metrics, "history": run["history"],
-            "reproduce": f"ponder zoo train {NAME}"}
-
-    def write_with_card(folder: Path) -> None:
-        write(folder)
-        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-
-    save_zoo_folder(out_dir, write_with_card)
-    return card
+                    f"{cfg.heldout} held-out seeds' tags with fresh noise",
+            "recipe": asdict(cfg), "history": run["history"], "reproduce": f"ponder zoo train {NAME}",
+            "metrics": {"steps_per_s": run["steps_per_s"], "train_seconds_this_run": run["seconds"],
+                        "resumed_from": run["resumed_from"]}}
+    return save_student(out_dir, teacher_dir, zoo_dir, ema, scheduler, mel, name=NAME,
+                        distilled_from=f"zoo:{TEACHER} (consistency distillation, guidance-distilled)", card=card,
+                        heldout=cfg.heldout, seed=cfg.seed, eval_steps=cfg.eval_steps, log=log)
 
 
-__all__ = ["CMRecipe", "NAME", "SMOKE", "boundary_scalings", "consistency", "grid", "teacher_step", "train"]
+__all__ = ["CMRecipe", "NAME", "SMOKE", "Scales", "boundary_scalings", "card_metrics", "consistency", "grid",
+           "save_student", "student_index", "student_setup", "teacher_step", "train"]

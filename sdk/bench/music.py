@@ -13,7 +13,8 @@ per target, different clips for each control:
 
 Methods per target (candidate seed = the target's index, so all methods start from the same noise;
 STEPS DDIM steps, the teacher's default guidance): ``plain`` (one sample); ``ditto-2`` (OPT2 Adam steps
-through zoo:tones-cm, then the STEPS-step decode); ``random`` (best of K seeded noises by the same control,
+through the teacher's zoo student, zoo:tones-student, then the STEPS-step decode; a candidate keeps its
+plain decode if the optimised one scores lower); ``random`` (best of K seeded noises by the same control,
 K chosen so its wall time matches DITTO-2's: the best of the first K of an N_RANDOM run, since candidate
 i's noise does not depend on N). On the first DITTO_TARGETS targets of each control also ``ditto`` (DITTO_OPT
 Adam steps through the whole checkpointed chain) and DITTO-2 at the smaller budgets OPT2_CURVE.
@@ -150,10 +151,11 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
 
     torch.manual_seed(0)
     model = ponder.load("music", "zoo:tones")
-    student = ponder.load("music", "zoo:tones-cm") if zoo.entry("tones-cm").built else None
+    own = zoo.entry("tones").student  # the teacher's own one-step student (zoo:tones-student)
+    student = ponder.load("music", f"zoo:{own}") if own and zoo.entry(own).built else None
     if student is None:
-        log("[music] zoo:tones-cm is not built: DITTO-2 uses the teacher's one-step x0 (build it with "
-            "`ponder zoo train tones-cm`)")
+        log(f"[music] zoo:{own} is not built: DITTO-2 uses the teacher's one-step x0 (build it with "
+            f"`ponder zoo train {own}`)")
     clap = load_clap(zoo.folder("tones-clap"))
     judge = TonesJudge.from_folder(zoo.folder("tones-judge"))
     targets_per = QUICK_TARGETS if quick else TARGETS
@@ -323,7 +325,7 @@ def _plot(plot_dir: Path, records, ditto_curves, random_scores, ditto_per, opt2,
             ax = axes[row][col]
             x_ditto = steps * ditto_seconds / max(1, steps[-1]) if axis == 0 else steps
             ax.plot(x_ditto, curves.mean(0), label=f"DITTO ({ditto_opt} Adam steps, {STEPS}-step chain)")
-            ax.plot([p[axis] for p in d2], [p[2] for p in d2], "o-", label="DITTO-2 (zoo:tones-cm surrogate)")
+            ax.plot([p[axis] for p in d2], [p[2] for p in d2], "o-", label="DITTO-2 (zoo:tones-student surrogate)")
             k = np.arange(1, len(best_k) + 1)
             ax.plot(k * per_candidate if axis == 0 else np.zeros_like(k), best_k, "s--", label="random search")
             ax.set_xlabel(xlabel)

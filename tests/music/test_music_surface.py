@@ -88,11 +88,15 @@ def test_cli_writes_wav_candidates_and_refuses_misplaced_controls(folders, tmp_p
     ref.write_bytes(AUDIO.encode(Audio(np.sin(np.arange(22050) * 0.05).astype(np.float32) * 0.5, 22050)))
     music = ["generate", "music", "--model", "zoo:tones", "--prompt", "saw", "--seconds", "1"]  # 16 kHz
     cases += [
-        ([*music, "--control", f"intensity={tmp_path / 'empty.json'}"], "intensity target must be a non-empty list of numbers, got []"),
+        ([*music, "--control", f"intensity={tmp_path / 'empty.json'}"],
+         "intensity target must be a non-empty list of numbers, got []"),
         ([*music, "--control", f"intensity={tmp_path / 'missing.json'}"], "missing.json' is not a file"),
-        ([*music, "--control", f"melody={tmp_path / 'notaudio.wav'}"], "notaudio.wav' is not audio soundfile can read"),
-        ([*music, "--control", f"inpaint={ref}@0.5-3.0"], "inpaint region 0.5-3.0 s ends beyond the reference (1.000 s)"),
-        ([*music, "--control", RISING, "--strategy", "ditto", "--opt-steps", "0"], "opt_steps must be a positive integer"),
+        ([*music, "--control", f"melody={tmp_path / 'notaudio.wav'}"],
+         "notaudio.wav' is not audio soundfile can read"),
+        ([*music, "--control", f"inpaint={ref}@0.5-3.0"],
+         "inpaint region 0.5-3.0 s ends beyond the reference (1.000 s)"),
+        ([*music, "--control", RISING, "--strategy", "ditto", "--opt-steps", "0"],
+         "opt_steps must be a positive integer"),
         ([*music, "--control", RISING, "--strategy", "ditto", "--lr", "0"], "lr must be a number > 0"),
         ([*music, "--control", RISING, "--steps", "0"], "--steps must be a positive integer"),
     ]

@@ -102,3 +102,26 @@ def test_ditto2_runs_through_the_student_and_says_so(zoo):
     res = ponder.generate(teacher, "saw", strategy="ditto-2", n=1, steps=2, opt_steps=2, lr=0.05,
                           controls=["intensity=[-30,-10]"], student=student)
     assert res.config["surrogate"].startswith("student") and res.compute.backward_passes == 2
+
+
+def test_direct_student_recipe_matches_the_loaded_teachers_own_chain(zoo):
+    from ponder.modalities.music import train_student
+    from ponder.modalities.music.families import MelDiffusion
+
+    root = zoo[0]
+    pipe = MelDiffusion.load_pipeline(root / "tones", "PonderMelDiffusion", {})
+    net = teacher_recipe.Teacher(pipe.unet, pipe.tag_encoder).eval()
+    model = ponder.load("music", root / "tones")
+    x_T = model.noise([torch.Generator().manual_seed(s) for s in (1, 2)])
+    prompts = ["saw, high", ""]  # a guided row and an unconditional one
+    tags = pipe.tag_encoder.multi_hot([pipe.tag_encoder.parse(p) for p in prompts])
+    batched = train_student.teacher_pairs(net, pipe.scheduler, tags, x_T, 3, 2.0, batch=2)
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            torch.testing.assert_close(batched[i:i + 1], model.sample(x_T[i:i + 1], model.condition(prompt), 3),
+                                       atol=1e-5, rtol=1e-4)
+    card = train_student.train("tones-student", root, smoke=True, **QUIET)
+    student = ponder.load("music", root / "tones-student")
+    assert student.default_steps == 1 and student.guidance_scale == 1.0 and card["teacher"] == "zoo:tones"
+    assert "direct distillation" in json.loads((root / "tones-student" / "model_index.json").read_text())[
+        "distilled_from"] and card["metrics"]["pair_seconds"] >= 0
