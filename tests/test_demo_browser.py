@@ -62,6 +62,22 @@ def test_demo_generates_in_headless_chromium_and_saves_a_screenshot(tmp_path):
             expect(best_image).to_be_visible()
             assert best_image.evaluate("img => img.naturalWidth") == 16  # the exact 16x16 pixels, drawn large
             page.screenshot(path=str(shots / "demo-image.png"), full_page=True)
+            # the music tab plays the best clip and every candidate, each with its score
+            page.get_by_role("tab", name="Music").click()
+            expect(page.locator("#model-info-music")).to_contain_text("diffusion model", timeout=60_000)
+            verifier = page.get_by_label("Verifier (or a folder)").nth(2)
+            verifier.fill("intensity=[-30,-10]")
+            verifier.press("Enter")
+            page.get_by_label("number input for N (candidates)").nth(2).fill("2")
+            page.get_by_label("number input for Denoising steps (0 = the model's)").nth(2).fill("4")
+            page.locator("#generate-music").click()
+            expect(page.locator("#compute-music")).to_contain_text("verifier calls 2", timeout=120_000)
+            expect(page.locator("#best-audio-music")).to_be_visible()
+            players = page.locator("#players-music audio")
+            expect(players).to_have_count(2)
+            expect(page.locator("#players-music")).to_contain_text("score")
+            assert players.first.evaluate("a => a.src.startsWith('data:audio/wav;base64,')")
+            page.screenshot(path=str(shots / "demo-music.png"), full_page=True)
             browser.close()
     finally:
         app.close()
