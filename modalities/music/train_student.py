@@ -68,9 +68,10 @@ SMOKE = {"pairs": 4, "teacher_steps": 2, "pair_batch": 2, "steps": 2, "schedule_
 
 @torch.no_grad()
 def teacher_pairs(teacher: teacher_recipe.Teacher, scheduler, tags: torch.Tensor, x_T: torch.Tensor,
-                  steps: int, guidance: float, batch: int) -> torch.Tensor:
+                  steps: int, guidance: float, batch: int, log=None) -> torch.Tensor:
     """The teacher's guided DDIM chain (`steps` steps, diffusers' leading spacing, then the clean end) from
-    each x_T [N, mels, F] with tags [N, V] (all-zero rows: unconditional) -> x0 [N, mels, F]."""
+    each x_T [N, mels, F] with tags [N, V] (all-zero rows: unconditional) -> x0 [N, mels, F]; `log` gets a
+    line per batch."""
     scheduler.set_timesteps(steps)
     times = [int(t) for t in scheduler.timesteps] + [-1]
     scales = Scales(scheduler)
@@ -80,6 +81,8 @@ def teacher_pairs(teacher: teacher_recipe.Teacher, scheduler, tags: torch.Tensor
         for t, t_next in zip(times[:-1], times[1:]):
             x = teacher_step(teacher, scales, x, torch.full((len(x),), t), torch.full((len(x),), t_next), y, guidance)
         out[i:i + batch] = x
+        if log is not None:
+            log(f"[{NAME}] teacher pairs {min(i + batch, len(x_T))}/{len(x_T)}")
     return out
 
 
@@ -97,7 +100,7 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
     keep_prompt = torch.rand((len(tags), 1), generator=gen) >= cfg.p_uncond
     tags = tags * keep_tag * keep_prompt
     x_T = torch.randn((cfg.pairs, mel.n_mels, pipe.unet.config.sample_size), generator=gen)
-    x0 = teacher_pairs(teacher, scheduler, tags, x_T, cfg.teacher_steps, cfg.guidance, cfg.pair_batch)
+    x0 = teacher_pairs(teacher, scheduler, tags, x_T, cfg.teacher_steps, cfg.guidance, cfg.pair_batch, log=log)
     pair_seconds = time.time() - t0
     log(f"[{NAME}] {cfg.pairs} teacher pairs ({cfg.teacher_steps} guided DDIM steps) in {pair_seconds:.0f}s")
 
