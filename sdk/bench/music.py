@@ -17,15 +17,16 @@ through the teacher's zoo student, zoo:tones-student, then the STEPS-step decode
 plain decode if the optimised one scores lower); ``random`` (best of K seeded noises by the same control,
 K chosen so its wall time matches DITTO-2's: the best of the first K of an N_RANDOM run, since candidate
 i's noise does not depend on N). On the first DITTO_TARGETS targets of each control also ``ditto`` (DITTO_OPT
-Adam steps through the whole checkpointed chain) and DITTO-2 at the smaller budgets OPT2_CURVE.
+Adam steps through the whole checkpointed chain) and DITTO-2 at the other budgets OPT2_CURVE.
 
-Every figure is measured on the final waveform: the control's own loss (what the optimiser saw, also the
-plot's y axis) and the bench's own measurement (`ponder.bench.music_features`, other windows and
-estimators; the judge zoo:tones-judge for tags and the Fréchet distance, never used by search):
-intensity: Pearson correlation of the output's loudness with the target curve; melody: the fraction of
-the reference's sounding frames whose estimated pitch class the output matches; structure: the output's
-form contrast (same-letter minus different-letter section similarity); inpaint: the kept region's
-log-spectral distance to the reference; text: the judge's tag accuracy against the text's tags.
+Every figure is measured on the final waveform as users get it (the `Audio` output, clamped to [-1, 1]):
+the control's own loss (the plot's y axis; the optimisers saw it on the unclamped decode) and the bench's
+own measurement (`ponder.bench.music_features`, other windows and estimators; the judge zoo:tones-judge for
+tags and the Fréchet distance, never used by search): intensity: Pearson correlation of the output's
+loudness with the target curve; melody: the fraction of the reference's sounding frames whose estimated
+pitch class the output matches; structure: the output's form contrast (same-letter minus different-letter
+section similarity); inpaint: the kept region's log-spectral distance to the reference; text: the
+judge's tag accuracy against the text's tags.
 
 Goals (one run): DITTO-2 reaches DITTO's final control loss >= 10x faster in wall time (per control, on
 the DITTO subset: the cheapest DITTO-2 budget whose mean loss is at most DITTO's); a 4 s intensity clip
@@ -46,10 +47,10 @@ from ponder.bench import goal
 from ponder.bench import music_features as mf
 
 CONTROLS = ("intensity", "melody", "structure", "inpaint", "text")
-TARGETS, QUICK_TARGETS = 40, 2  # per control (DITTO-2, plain, random): 200 targets in all
-DITTO_TARGETS, QUICK_DITTO_TARGETS = 6, 1  # per control (DITTO and the DITTO-2 budget curve)
+TARGETS, QUICK_TARGETS = 24, 2  # per control (DITTO-2, plain, random): 120 targets in all
+DITTO_TARGETS, QUICK_DITTO_TARGETS = 3, 1  # per control (DITTO and the DITTO-2 budget curve): 15 in all
 STEPS = 20  # DDIM steps of every decode
-DITTO_OPT, OPT2, OPT2_CURVE = 20, 20, (5, 10, 40)
+DITTO_OPT, OPT2, OPT2_CURVE = 15, 20, (5, 10, 40)
 QUICK_OPT = {"ditto": 2, "ditto-2": 2, "curve": (1,)}
 LR = 0.1
 N_RANDOM = 6
@@ -170,11 +171,14 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
     random_scores: dict[str, list[list[float]]] = {c: [] for c in CONTROLS}
     waves_for_fd: dict[str, list[np.ndarray]] = {"plain": [], "ditto-2": []}
 
-    def record(target: Target, index: int, method: str, wave: np.ndarray, loss: float, seconds: float,
-               backward: int, nfe: int, budget=None) -> None:
+    def record(target: Target, index: int, method: str, output, seconds: float, backward: int, nfe: int,
+               budget=None) -> None:
+        """One final output, measured as users get it (the clamped `Audio`): the control's loss and the
+        bench's own measurement."""
+        loss = -float(target.verifier.score(target.prompt, [output])[0])
         records.append({"control": target.control, "target": index, "method": method, "budget": budget,
-                        "loss": loss, "measure": target.measure(wave), "seconds": seconds, "backward": backward,
-                        "nfe": nfe})
+                        "loss": loss, "measure": target.measure(_wave(output)), "seconds": seconds,
+                        "backward": backward, "nfe": nfe})
 
     from ponder.modalities.music import tones
 
@@ -188,17 +192,17 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
             scores = [c.score for c in plain.candidates]
             random_scores[control].append(scores)
             first = plain.candidates[0]
-            record(target, index, "plain", _wave(first.output), -first.score, per_candidate, 0, STEPS)
+            record(target, index, "plain", first.output, per_candidate, 0, STEPS)
             res2 = ditto2(model, target.prompt, target.verifier, n=1, seed=seed, steps=STEPS, opt_steps=opt2, lr=LR,
                           student=student)
             best2 = res2.candidates[0]
-            record(target, index, "ditto-2", _wave(best2.output), -best2.score, res2.compute.seconds,
-                   res2.compute.backward_passes, res2.compute.nfe, budget=opt2)
+            record(target, index, "ditto-2", best2.output, res2.compute.seconds, res2.compute.backward_passes,
+                   res2.compute.nfe, budget=opt2)
             # random search at DITTO-2's wall time: the best of the first k candidates
             k = int(min(n_random, max(1, round(res2.compute.seconds / per_candidate))))
             pick = max(range(k), key=lambda i: scores[i])
-            record(target, index, "random", _wave(plain.candidates[pick].output), -scores[pick],
-                   per_candidate * k, 0, STEPS * k, budget=k)
+            record(target, index, "random", plain.candidates[pick].output, per_candidate * k, 0, STEPS * k,
+                   budget=k)
             if control != "text":
                 waves_for_fd["plain"].append(_wave(first.output))
                 waves_for_fd["ditto-2"].append(_wave(best2.output))
@@ -206,14 +210,14 @@ def run(quick: bool = False, plot_dir=None, log=_stderr) -> dict:
                 res = ditto(model, target.prompt, target.verifier, n=1, seed=seed, steps=STEPS, opt_steps=ditto_opt,
                             lr=LR)
                 cand = res.candidates[0]
-                record(target, index, "ditto", _wave(cand.output), -cand.score, res.compute.seconds,
-                       res.compute.backward_passes, res.compute.nfe, budget=ditto_opt)
+                record(target, index, "ditto", cand.output, res.compute.seconds, res.compute.backward_passes,
+                       res.compute.nfe, budget=ditto_opt)
                 ditto_curves[control].append([-v for v in cand.meta["score_history"]] + [res.compute.seconds])
                 for budget in curve_budgets:
                     res_b = ditto2(model, target.prompt, target.verifier, n=1, seed=seed, steps=STEPS,
                                    opt_steps=budget, lr=LR, student=student)
                     cb = res_b.candidates[0]
-                    record(target, index, "ditto-2", _wave(cb.output), -cb.score, res_b.compute.seconds,
+                    record(target, index, "ditto-2", cb.output, res_b.compute.seconds,
                            res_b.compute.backward_passes, res_b.compute.nfe, budget=budget)
         log(f"[music] {control}: {len(targets)} targets done")
 

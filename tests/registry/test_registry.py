@@ -150,12 +150,12 @@ def test_the_demo_gets_a_tab_that_shows_the_new_kind(plugin, model_folder):
         client = Client(app.local_url, verbose=False)
         token_visible = client.predict(str(model_folder), api_name="/model_toy-notes")
         assert "a sequence model" in token_visible[-1]
-        best_text, best_image, best_audio, compute, table, gallery, plot, history = client.predict(
+        best_text, best_image, best_audio, compute, table, gallery, players, plot, history = client.predict(
             str(model_folder), "C E", "best-of-n", "count-g", "plain", 4, 0, 1.0, 6, 0, "{bias: 1.0}",
             api_name="/generate_toy-notes")
         # the kind has no widget of its own: its one-line description, the image and audio players hidden
         assert best_text["visible"] and best_text["value"].startswith("<notes ")
-        assert not best_image["visible"] and not best_audio["visible"]
+        assert not best_image["visible"] and not best_audio["visible"] and not players["visible"]
         assert len(table["data"]) == 4 and all(row[3].startswith("<notes ") for row in table["data"])
         assert "verifier calls 4" in compute
         output, _, _, info = client.predict(1, api_name="/rerender_toy-notes")
@@ -201,7 +201,7 @@ def test_audio_outputs_become_wav_files_and_a_player_in_the_demo(plugin, model_f
     app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(app.local_url, verbose=False)
-        best_text, best_image, best_audio, compute, table, gallery, plot, history = client.predict(
+        best_text, best_image, best_audio, compute, table, gallery, players, plot, history = client.predict(
             str(model_folder), "C", "best-of-n", "loudness", "plain", 2, 0, 1.0, 4, 0, "",
             api_name="/generate_toy-tones")
         assert best_audio["visible"] and not best_text["visible"] and not best_image["visible"]
