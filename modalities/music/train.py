@@ -62,7 +62,14 @@ import torch.nn.functional as F
 from ponder.errors import ZooError, check_int
 from ponder.modalities.music import mel as melspec
 from ponder.modalities.music import tones
-from ponder.modalities.music.train_judge import TAG_GROUPS, half_seeds, n_params, save_zoo_folder, step_generator
+from ponder.modalities.music.train_judge import (
+    TAG_GROUPS,
+    fit_resumable,
+    half_seeds,
+    n_params,
+    save_zoo_folder,
+    step_generator,
+)
 
 NAME = "tones"
 JUDGE = "tones-judge"  # built next to it, the card also reports the judge's tag accuracy of samples
@@ -175,11 +182,6 @@ def lr_at(step: int, cfg: TonesRecipe) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _recipe_key(cfg: TonesRecipe) -> dict:
-    """What a checkpoint must match to be resumed: the recipe without `steps` (JSON types: tuples -> lists)."""
-    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "steps"}))
-
-
 def fit(model: Teacher, ema: Teacher, cfg, out_dir: Path, loss_fn: Callable[[int], torch.Tensor],
         log: Callable[[str], None], *, name: str = NAME) -> dict:
     """Run AdamW steps ``start .. cfg.steps - 1`` of ``loss_fn(step)``, updating `ema` after each, and
@@ -188,59 +190,13 @@ def fit(model: Teacher, ema: Teacher, cfg, out_dir: Path, loss_fn: Callable[[int
 
     `cfg` is a recipe dataclass with this recipe's optimiser fields (``steps``, ``lr``, ``weight_decay``,
     ``warmup_steps``, ``schedule_steps``, ``ema_decay``, ``log_every``, ``checkpoint_every``); `name` labels
-    the log lines. Returns ``{"history", "resumed_from", "seconds", "steps_per_s"}`` of this run.
+    the log lines. The loop is `train_judge.fit_resumable` with this recipe's cosine schedule and the EMA.
+    Returns ``{"history", "resumed_from", "seconds", "steps_per_s"}`` of this run.
     """
-    import shutil
-
-    ckpt = out_dir / "checkpoint"
-    key = _recipe_key(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
-    if (ckpt / "state.pt").is_file():
-        state = torch.load(ckpt / "state.pt", weights_only=True)
-        if state["recipe"] != key:
-            changed = sorted(k for k in set(key) | set(state["recipe"]) if key.get(k) != state["recipe"].get(k))
-            log(f"[{name}] the checkpoint in {ckpt} is of another recipe ({', '.join(changed)} differ): "
-                "starting afresh")
-        elif state["step"] > cfg.steps:
-            log(f"[{name}] the checkpoint in {ckpt} is at step {state['step']}, past {cfg.steps}: starting afresh")
-        else:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            start, history = int(state["step"]), list(state["history"])
-            log(f"[{name}] resumed at step {start}")
-    model.train()
-    t0 = time.time()
-    for step in range(start, cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short EMA early on, the full one later
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            rate = (done - start) / max(1e-9, time.time() - t0)
-            log(f"[{name}] step {done}/{cfg.steps} loss {loss.item():.4f} ({rate:.2f} steps/s)")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            history.append({"step": done, "loss": round(loss.item(), 4)})
-            tmp = ckpt.with_name("checkpoint.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": done,
-                        "history": history, "recipe": key}, tmp / "state.pt")
-            shutil.rmtree(ckpt, ignore_errors=True)
-            tmp.rename(ckpt)
-    model.eval()
-    seconds = time.time() - t0
-    return {"history": history, "resumed_from": start, "seconds": round(seconds, 1),
-            "steps_per_s": round((cfg.steps - start) / seconds, 3) if cfg.steps > start else None}
+    return fit_resumable(name, model, asdict(cfg), out_dir, loss_fn, log, steps=cfg.steps, lr=cfg.lr,
+                         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                         lr_at=lambda step: lr_at(step, cfg), ema=ema, ema_decay=cfg.ema_decay)
 
 
 def round_to_storage(module: torch.nn.Module) -> None:

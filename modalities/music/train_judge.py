@@ -119,15 +119,23 @@ def warmup_inverse_sqrt(step: int, lr: float, warmup_steps: int) -> float:
 
 def fit_resumable(name: str, model: torch.nn.Module, recipe: dict, out_dir: Path,
                   loss_fn: Callable[[int], torch.Tensor], log: Callable[[str], None], *, steps: int, lr: float,
-                  warmup_steps: int, weight_decay: float, checkpoint_every: int, log_every: int = 50) -> dict:
+                  warmup_steps: int, weight_decay: float, checkpoint_every: int, log_every: int = 50,
+                  lr_at: Callable[[int], float] | None = None, ema: torch.nn.Module | None = None,
+                  ema_decay: float = 0.999) -> dict:
     """Run AdamW steps ``start .. steps - 1`` of ``loss_fn(step) -> loss``, checkpointing into
     ``out_dir/checkpoint`` every `checkpoint_every` steps and at the last one.
 
+    The learning rate of step k is ``lr_at(k)`` (default `warmup_inverse_sqrt` of `lr` and `warmup_steps`).
+    With `ema`, that copy of `model` follows an exponential moving average of its weights after every step
+    (decay ``min(ema_decay, (1 + k) / (10 + k))``: short early on) and is checkpointed with it.
     A checkpoint is resumed when its recipe equals `recipe` in everything but ``steps`` and it is not ahead
     of `steps`; otherwise the run starts afresh and says why. `loss_fn` must draw its randomness from
     `step_generator` (and the model must have no dropout) so that resuming changes nothing.
     Returns ``{"history": [{"step", "loss"}...], "resumed_from": step, "seconds": this run's, "steps_per_s"}``.
     """
+    if lr_at is None:
+        def lr_at(step: int) -> float:
+            return warmup_inverse_sqrt(step, lr, warmup_steps)
     ckpt = out_dir / "checkpoint"
     key = json.loads(json.dumps({k: v for k, v in recipe.items() if k != "steps"}))  # tuples -> lists
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -142,6 +150,8 @@ def fit_resumable(name: str, model: torch.nn.Module, recipe: dict, out_dir: Path
             log(f"[{name}] the checkpoint in {ckpt} is at step {state['step']}, past {steps}: starting afresh")
         else:
             model.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
             start, history = int(state["step"]), list(state["history"])
             log(f"[{name}] resumed at step {start}")
@@ -149,12 +159,17 @@ def fit_resumable(name: str, model: torch.nn.Module, recipe: dict, out_dir: Path
     t0 = time.time()
     for step in range(start, steps):
         for group in opt.param_groups:
-            group["lr"] = warmup_inverse_sqrt(step, lr, warmup_steps)
+            group["lr"] = lr_at(step)
         loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
         done = step + 1
         if done % log_every == 0 or done == steps:
             rate = (done - start) / max(1e-9, time.time() - t0)
@@ -164,8 +179,11 @@ def fit_resumable(name: str, model: torch.nn.Module, recipe: dict, out_dir: Path
             tmp = ckpt.with_name("checkpoint.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done, "history": history,
-                        "recipe": key}, tmp / "state.pt")
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": done, "history": history,
+                     "recipe": key}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            torch.save(state, tmp / "state.pt")
             shutil.rmtree(ckpt, ignore_errors=True)
             tmp.rename(ckpt)
     model.eval()
