@@ -37,3 +37,21 @@ def test_bench_json_has_the_design_shape(capsys, tmp_path, name):
 def test_unknown_bench_exits_2(capsys):
     assert main(["bench", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_text_scaling_state_resumes_skips_torn_lines_and_restarts_on_other_models(tmp_path):
+    from ponder.bench.text_scaling import _State
+
+    path = tmp_path / "state.jsonl"
+    made = []
+    state = _State(path, "fp-a")
+    assert state.get("pool/1.0/0", lambda: made.append(0) or {"x": 1}) == {"x": 1}
+    state.get("real/beam/4/0", lambda: made.append(1) or {"correct": True})
+    with path.open("a") as f:
+        f.write('{"key": "real/beam/4/1", "val')  # a kill mid-write
+    again = _State(path, "fp-a")
+    assert again.get("pool/1.0/0", lambda: made.append(2) or {"x": 2}) == {"x": 1}  # reused, not redone
+    assert again.get("real/beam/4/1", lambda: made.append(3) or {"correct": False}) == {"correct": False}
+    assert made == [0, 1, 3]
+    other = _State(path, "fp-b")  # other models or settings: nothing is reused
+    assert other.get("pool/1.0/0", lambda: {"x": 3}) == {"x": 3}

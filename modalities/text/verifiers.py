@@ -1,5 +1,8 @@
 """Verifiers for text: the exact arith checker and learned outcome / process verifiers.
 
+A learned verifier folder holds a *ForSequenceClassification (outcome) or *ForTokenClassification
+(process) model, or a `verifier_head.VerifierHead` on a frozen causal LM (the zoo's orm / prm).
+
 Every verifier has `score(prompt, outputs) -> Tensor[N]` (higher is better); the process verifier
 also has `score_steps(prompt, partials) -> Tensor[N]` and `step_scores(prompt, output)`, reading
 one score at the end of every line (a step).
@@ -31,9 +34,13 @@ def _load(path: str | Path, auto_class: str):
     import transformers
     from transformers import AutoTokenizer
 
+    from ponder.modalities.text.verifier_head import is_head_folder, load_head
+
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"verifier folder {str(folder)!r} has no config.json")
+    if is_head_folder(folder):  # a head on a frozen causal LM (the zoo's arith verifiers)
+        return load_head(folder)
     try:
         model = getattr(transformers, auto_class).from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=torch.float32).eval()
@@ -167,7 +174,11 @@ def load_verifier(spec: str | Path, *, model=None, **options):
     if not (folder / "config.json").is_file():
         raise ConfigError(f"unknown verifier {str(spec)!r}; use one of {', '.join(SPEC.verifiers)}, "
                           "a comma-separated list of them, or a local verifier folder")
-    archs = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+    config = json.loads((folder / "config.json").read_text())
+    archs = config.get("architectures") or [""]
+    if archs[0] == "PonderVerifierHead":
+        cls = ProcessVerifier if config.get("kind") == "process" else OutcomeVerifier
+        return cls.from_folder(folder, name=folder.name, **options)
     if archs[0].endswith("ForTokenClassification"):
         return ProcessVerifier.from_folder(folder, name=folder.name, **options)
     if archs[0].endswith("ForSequenceClassification"):

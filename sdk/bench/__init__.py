@@ -68,12 +68,15 @@ BENCHES: dict[str, BenchSpec] = {
                                _text_overhead),
     "text-zoo": BenchSpec("zoo:arith-draft step cost vs zoo:arith (goal <= 1/10), greedy agreement, target accuracy",
                           _text_zoo),
-    "text-verifiers": BenchSpec("zoo orm / prm on arith samples: AUROC and best-of-8 pick vs a random sample",
+    "text-verifiers": BenchSpec("zoo orm / prm on 240 held-out arith problems: best-of-8 pick vs a random "
+                                "sample, within-problem AUROC, PRM balanced step accuracy (with standard errors)",
                                 _text_verifiers),
     "text-scaling": BenchSpec("accuracy vs N, tokens and wall time for every scaling strategy on arith "
                               "(writes JSON + PNG; goal: best-of-16 <= 3x one sample)", _text_scaling),
     "speculative": BenchSpec("speculative / prompt lookup vs plain decoding and HF assisted generation / prompt "
-                             "lookup on zoo:arith (goals: >= 2.0x plain at T=0, >= 1.3x HF assisted)", _speculative),
+                             "lookup on zoo:arith (goals: >= 2.0x plain at T=0, >= 1.3x HF assisted; chain "
+                             "decoders' efficiency over their bare calls >= 0.9; sampled plain >= 0.95x HF generate)",
+                             _speculative),
     "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
                         "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
     "images-ditto": BenchSpec("zoo:digits DITTO / DITTO-2 noise optimisation (classifier log-prob) vs plain sampling "

@@ -1,11 +1,9 @@
 """The arith zoo task: splits, solutions, answer parsing, step labels, tokenizer."""
 
-import random
 
 import pytest
 
 from ponder.modalities.text import arith
-from ponder.modalities.text.train import corrupt
 
 
 def test_train_and_heldout_splits_never_overlap():
@@ -53,15 +51,6 @@ def test_step_labels_turn_false_from_the_first_wrong_step_on():
     prompt = "Q: 1+2*3-4\n"
     assert arith.step_labels(prompt, "2*3=6\n1+6=7\n7-4=3\nA: 3\n") == [True] * 4
     assert arith.step_labels(prompt, "2*3=6\n1+6=8\n8-4=4\nA: 4\n") == [True, False, False, False]
-
-
-def test_corruptions_are_wrong_and_labelled_wrong():
-    rng = random.Random(0)
-    for p in arith.problems("train", 100, seed=3):
-        bad = corrupt(p, rng)
-        assert bad != p.solution()
-        labels = arith.step_labels(p.prompt, bad)
-        assert not all(labels)
 
 
 def test_problem_split_and_template_validation():

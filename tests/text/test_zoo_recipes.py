@@ -12,7 +12,7 @@ from ponder.errors import ZooError
 def smoke_zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo")
     cards = {name: zoo.train(name, log=lambda line: None, out_dir=out, smoke=True)
-             for name in ("arith", "arith-draft", "orm", "prm")}
+             for name in ("arith", "arith-draft", "prm", "orm")}
     return out, cards
 
 
@@ -26,8 +26,10 @@ def test_smoke_recipes_write_real_formats_with_cards(smoke_zoo):
         assert not (folder / "checkpoint").exists(), "the checkpoint is removed once the weights are saved"
     assert 0.0 <= cards["arith"]["metrics"]["heldout_greedy_acc"] <= 1.0
     assert 0.0 <= cards["arith-draft"]["metrics"]["greedy_agreement_with_target"] <= 1.0
-    assert cards["orm"]["metrics"]["heldout_unit"] == "solutions"
-    assert cards["prm"]["metrics"]["heldout_unit"] == "steps"
+    assert 0.0 <= cards["prm"]["metrics"]["heldout_balanced_step_acc"] <= 1.0
+    for name in ("orm", "prm"):
+        assert 0.0 <= cards[name]["metrics"]["heldout_best_of_n_acc"] <= 1.0
+        assert cards[name]["metrics"]["samples_per_problem"] == 8
 
 
 def test_smoke_models_load_through_the_user_path(smoke_zoo):
@@ -50,7 +52,7 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
 
     from ponder.modalities.text import train as recipes
 
-    base = {**recipes.asdict(recipes.RECIPES["orm"]), **recipes.SMOKE_SHAPE, "eval_every": 1}
+    base = {**recipes.asdict(recipes.RECIPES["arith-draft"]), **recipes.SMOKE_SHAPE, "eval_every": 1}
     tok = recipes.arith.build_tokenizer()
     model = LlamaForSequenceClassification(recipes.llama_config(recipes.RecipeConfig(**base), tok, num_labels=1))
     steps_run, logs = [], []
