@@ -76,6 +76,8 @@ def apply_temperature(logits: Tensor, temperature: Param) -> Tensor:
         if temperature == 1.0:
             return logits
     temperatures = _per_row(temperature, logits, "temperature", logits.dtype)  # [B or 1, 1]
+    if not isinstance(temperature, Tensor) and temperature > 0:  # one positive scalar: no greedy rows
+        return logits / temperatures  # [B, V]
     is_greedy_row = temperatures == 0  # [B or 1, 1]
     # Dividing by 1 on greedy rows keeps the division finite; their result is replaced below.
     scaled = logits / torch.where(is_greedy_row, torch.ones_like(temperatures), temperatures)  # [B, V]
@@ -108,6 +110,9 @@ def top_k_filter(logits: Tensor, k: int | Tensor) -> Tensor:
             raise ValueError(f"top_k must be an integer >= 0, got {k!r}")
         if k == 0 or k >= vocab_size:
             return logits
+    if not isinstance(k, Tensor):  # one k for every row: the k-th largest logit is the threshold
+        threshold = logits.topk(k, dim=-1).values[:, -1:]  # [B, 1]
+        return logits.masked_fill(logits < threshold, -math.inf)  # [B, V]
     ks = _per_row(k, logits, "top_k", torch.int64)  # [B or 1, 1]
     sorted_logits = logits.sort(dim=-1, descending=True).values  # [B, V]
     # k == 0 rows read position V-1 (the row minimum), so nothing is removed: "off" for free.
@@ -139,12 +144,15 @@ def top_p_filter(logits: Tensor, top_p: Param) -> Tensor:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if top_p == 1.0:
             return logits
-    top_ps = _per_row(top_p, logits, "top_p", torch.float32)  # [B or 1, 1]
     sorted_logits, sorted_ids = logits.float().sort(dim=-1, descending=True)  # [B, V], [B, V]
     sorted_probs = sorted_logits.softmax(dim=-1)  # [B, V]
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [B, V]
-    # top_p == 1 rows must keep everything even if rounding pushes the running sum to 1.
-    keep_sorted = (mass_before < top_ps) | (top_ps >= 1.0)  # [B, V]
+    if isinstance(top_p, Tensor):
+        top_ps = _per_row(top_p, logits, "top_p", torch.float32)  # [B or 1, 1]
+        # top_p == 1 rows must keep everything even if rounding pushes the running sum to 1.
+        keep_sorted = (mass_before < top_ps) | (top_ps >= 1.0)  # [B, V]
+    else:  # a scalar below 1 (1 returned above); compared in float32, as the tensor form is
+        keep_sorted = mass_before < top_p  # [B, V]
     keep = torch.zeros_like(keep_sorted).scatter_(1, sorted_ids, keep_sorted)  # [B, V]
     return logits.masked_fill(~keep, -math.inf)  # [B, V]
 
@@ -207,6 +215,8 @@ class SamplingParams:
         Raises:
             ValueError: naming the bad field, its value and what is allowed.
         """
+        if self.__dict__.get("_valid"):  # the fields are frozen: one passed check holds for good
+            return self
         if isinstance(self.temperature, bool) or not (0.0 <= self.temperature < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if not _is_integer(self.top_k) or self.top_k < 0:
@@ -215,6 +225,7 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {self.top_p!r}")
         if isinstance(self.min_p, bool) or not (0.0 <= self.min_p <= 1.0):
             raise ValueError(f"min_p must be in [0, 1] (0.0 = off), got {self.min_p!r}")
+        object.__setattr__(self, "_valid", True)  # not a field: equality, hashing and asdict ignore it
         return self
 
 
@@ -233,10 +244,18 @@ def process_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     params.validate()
     if params.greedy:
         return logits
-    processed = apply_temperature(logits.float(), params.temperature)  # [B, V]
-    processed = top_k_filter(processed, params.top_k)  # [B, V]
-    processed = top_p_filter(processed, params.top_p)  # [B, V]
-    return min_p_filter(processed, params.min_p)  # [B, V]
+    # a filter that is off returns its input, so skipping the call is the same result, minus the
+    # per-token Python (decoders call this every step)
+    processed = logits.float()  # [B, V]
+    if params.temperature != 1.0:
+        processed = apply_temperature(processed, params.temperature)  # [B, V]
+    if params.top_k != 0:
+        processed = top_k_filter(processed, params.top_k)  # [B, V]
+    if params.top_p != 1.0:
+        processed = top_p_filter(processed, params.top_p)  # [B, V]
+    if params.min_p != 0.0:
+        processed = min_p_filter(processed, params.min_p)  # [B, V]
+    return processed  # [B, V]
 
 
 def probs_from_logits(logits: Tensor, params: SamplingParams) -> Tensor:
@@ -272,9 +291,13 @@ def _inverse_cdf(probs: Tensor, uniforms: Tensor) -> Tensor:
     # right=True finds the first cumulative value strictly above the target, which skips
     # zero-probability tokens (their cumulative value equals their predecessor's).
     tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1)  # [B]
-    # Rounding can put the target at or past the final cumulative value; fall back to the last
-    # token that can actually be drawn rather than an out-of-range or zero-probability index.
+    # Rounding can put the target at or past the final cumulative value (index V); fall back to
+    # the last token that can actually be drawn. Below the final value the index found is already
+    # a positive-probability token at or before that one, so the fallback is computed only when
+    # some row needs it (one cheap check instead of four ops per draw).
     vocab_size = probs.shape[1]
+    if not bool((tokens >= vocab_size).any()):
+        return tokens  # [B]
     last_nonzero = vocab_size - 1 - (probs > 0).flip(dims=[1]).int().argmax(dim=-1)  # [B]
     return torch.minimum(tokens, last_nonzero)  # [B]
 
@@ -306,9 +329,12 @@ def sample(probs: Tensor, generators: Sequence[torch.Generator] | None = None) -
         if len(generators) != batch_size:
             raise ValueError(f"got {len(generators)} generators for a batch of {batch_size} rows")
         # One draw per row from that row's own generator is what decouples rows; gathering the
-        # draws host-side and moving them once avoids a device copy per row.
-        draws = [torch.rand((), generator=gen, device=gen.device).item() for gen in generators]
-        uniforms = torch.tensor(draws, dtype=torch.float32).to(probs.device)  # [B]
+        # draws host-side and moving them once avoids a device copy per row (torch.rand(1) takes
+        # the same value from a generator as torch.rand(()).item() did, without the round trip).
+        draws = [torch.rand(1, generator=gen, device=gen.device) for gen in generators]  # B x [1]
+        if batch_size != 1:
+            draws = [torch.cat([d.cpu() for d in draws] or [torch.empty(0)])]  # [B]
+        uniforms = draws[0].to(probs.device)  # [B]
     return _inverse_cdf(probs, uniforms)  # [B]
 
 

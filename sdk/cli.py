@@ -37,9 +37,9 @@ STRATEGY_FLAGS = [
     ("--probe", int, "compute-optimal: samples that estimate difficulty"),
     ("--confidence", float, "adaptive: stop once the best score (or the vote share) reaches this"),
     ("--abstain-below", float, "return no answer when the best score is below this"),
-    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup, aded, layer-skip, medusa, bild, ead: tokens "
-                        "drafted per step (most, for adaptive ones); tree, rsd, spectr, token-recycling: draft tree "
-                        "depth; dyspec: most expansion rounds"),
+    ("--draft-len", int, "speculative, spec-adaptive, prompt-lookup, aded, layer-skip, medusa, chimera, bild, ead: "
+                        "tokens drafted per step (most, for adaptive ones); tree, rsd, spectr, token-recycling: draft "
+                        "tree depth; dyspec: most expansion rounds"),
     ("--opt-steps", int, "ditto, ditto-2: Adam steps on the initial noise (default 20)"),
     ("--lr", float, "ditto, ditto-2: Adam step size on the initial noise (default 0.05)"),
     ("--student", str, "ditto-2: a one-step student of the model (zoo:NAME or folder; default: the model's own "

@@ -55,3 +55,127 @@ def test_text_scaling_state_resumes_skips_torn_lines_and_restarts_on_other_model
     assert made == [0, 1, 3]
     other = _State(path, "fp-b")  # other models or settings: nothing is reused
     assert other.get("pool/1.0/0", lambda: {"x": 3}) == {"x": 3}
+
+
+# ---- bench speculative: implementation efficiency (cost model of ponder.bench.speculative_costs) ----------
+
+
+def test_efficiency_is_measured_over_predicted_speedup_of_the_bare_calls():
+    from ponder.bench.speculative_costs import Call, efficiency_fields, model_seconds
+
+    step, verify5 = Call("target", "step", 1, 1, 8), Call("target", "step", 1, 5, 8)
+    draft1 = Call("draft", "step", 1, 1, 1)
+    prefill, draft_prefill = Call("target", "prefill", 1, 14, 8), Call("draft", "prefill", 1, 14, 1)
+    partial = Call("target", "step", 1, 1, 4)  # a layer-skip draft step: draft time, not verify time
+    costs = {step: 0.010, verify5: 0.013, draft1: 0.001, prefill: 0.020, draft_prefill: 0.002, partial: 0.005}
+    # plain: 1 prefill + 99 steps for 100 tokens; speculative: 40 verify passes of 5, 160 draft steps, 100 tokens
+    plain = model_seconds({prefill: [1, 0], step: [99, 3000]}, costs, target_layers=8)
+    spec = model_seconds({prefill: [1, 0], draft_prefill: [1, 0], verify5: [40, 1200], draft1: [160, 4000],
+                          partial: [10, 300]}, costs, target_layers=8)
+    assert plain["model_s"] == pytest.approx(0.020 + 99 * 0.010)
+    assert spec["verify_s"] == pytest.approx(40 * 0.013) and spec["verify_calls"] == 40
+    assert spec["verify_tokens"] == 200 and spec["prefill_s"] == pytest.approx(0.022)
+    assert spec["draft_s"] == pytest.approx(160 * 0.001 + 10 * 0.005)
+    fields = efficiency_fields({"tokens": 100, "seconds": 0.80, **spec}, {"tokens": 100, "seconds": 1.10, **plain})
+    predicted = (1.010 / 100) / (spec["model_s"] / 100)  # 1.010 s of plain's bare calls vs 0.752 s
+    assert fields["predicted_speedup"] == pytest.approx(predicted) and predicted == pytest.approx(1.3431, abs=1e-4)
+    assert fields["efficiency"] == pytest.approx((1.10 / 0.80) / predicted)  # measured 1.375x
+    assert fields["bare_share"] == pytest.approx(spec["model_s"] / 0.80)
+
+
+@pytest.fixture(scope="module")
+def arith_models():
+    import ponder
+
+    return {"target": ponder.load("text", "zoo:arith"), "draft": ponder.load("text", "zoo:arith-draft"),
+            "heads": ponder.load("text", "zoo:arith-medusa")}
+
+
+def test_census_counts_every_bare_call_the_decoders_count(arith_models):
+    from ponder.bench.speculative_costs import HEADS, Census
+    from ponder.kernels.sampling import SamplingParams
+    from ponder.search.decoding import layer_skip, medusa, speculative, tree
+
+    target, draft, heads = arith_models["target"], arith_models["draft"], arith_models["heads"]
+    census = Census(arith_models)
+    ids = [target.encode("Q: 17+25=?\n"), target.encode("Q: 3*14-5=?\n")]
+    for decoder, options in ((speculative, {"draft": draft, "draft_len": 3}), (medusa, {"draft": heads}),
+                             (medusa, {"draft": heads, "tree_width": 3}), (layer_skip, {}), (tree, {"draft": draft})):
+        for batch in ([ids[0]], ids):
+            stats = {}
+            with census.recording() as tally:
+                out = decoder(target, batch, sampling=SamplingParams(temperature=1.0), max_new_tokens=16,
+                              stats=stats, **options)
+            full = [(c, n) for c, (n, _) in tally.items() if c.role == "target" and c.layers == target.num_layers]
+            assert sum(n for _, n in full) == out.compute.model_calls
+            assert sum(n for c, n in full if c.kind == "prefill") == 1
+            assert all(c.batch == len(batch) for c in tally)
+            drafted = sum(n for c, (n, _) in tally.items() if c.role == "draft" or c.layers < target.num_layers
+                          and c.role == "target")
+            assert drafted == out.compute.draft_calls
+            heads_calls = sum(n for c, (n, _) in tally.items() if c.kind == HEADS)
+            assert heads_calls == (stats["steps"] if decoder is medusa else 0)
+            if decoder is speculative:  # verify passes feed the last token and at most 3 drafts
+                assert {c.width for c, _ in full if c.kind != "prefill"} <= {1, 2, 3, 4}
+            if options.get("tree_width") == 3:
+                assert any(c.kind == "tree" for c, _ in full)
+    with census.recording():
+        pass
+    assert not target.model._forward_pre_hooks and not heads.blocks[0]._forward_pre_hooks  # nothing left behind
+
+
+def test_bare_calls_time_every_shape_the_census_can_record(arith_models):
+    from ponder.bench.speculative_costs import HEADS, Call, measure_costs
+
+    target = arith_models["target"]
+    shapes = [Call("target", "prefill", 1, 12, 8), Call("target", "prefill", 2, 12, 8, padded=True),
+              Call("target", "step", 1, 1, 8), Call("target", "step", 2, 5, 8, padded=True),
+              Call("target", "tree", 1, 7, 8), Call("target", "step", 1, 1, 4), Call("draft", "step", 1, 2, 1),
+              Call("draft", "tree", 1, 4, 1), Call("heads", HEADS, 1, 1, 0)]
+    tally = {call: [3, 3 * (0 if call.kind == "prefill" else 30)] for call in shapes}
+    costs = measure_costs(arith_models, tally, target.encode("Q: 17+25=?\n"), repeats=1, min_seconds=0.0)
+    assert set(costs) == set(shapes) and all(0 < c < 5 for c in costs.values())
+
+
+def test_speculative_bench_rows_carry_predicted_speedup_and_efficiency(monkeypatch, tmp_path):
+    from ponder.bench import speculative as bench
+
+    monkeypatch.setenv("PONDER_HOME", str(tmp_path))
+    workload = next(w for w in bench.WORKLOADS if w.sampled_vs_hf)
+    keep = {"plain", "speculative", "prompt-lookup", "medusa", "medusa-tree", "layer-skip"}
+    rows, results, _ = bench.measure_workload(workload, bench._Models(), quick=True, keep=keep)
+    sides = {r["decoder"]: r for r in rows if r["workload"] == workload.name and "tok_s" in r}
+    assert set(sides) == keep
+    assert sides["plain"]["predicted_speedup"] == 1.0 and sides["plain"]["efficiency"] == pytest.approx(1.0)
+    for row in sides.values():
+        assert row["efficiency"] == pytest.approx(row["speedup_vs_plain"] / row["predicted_speedup"], rel=0.01)
+        assert 0 < row["bare_share"] and row["verify_ms"] > 0
+    assert sides["speculative"]["draft_calls_per_step"] >= 1 and sides["speculative"]["verify_width"] > 1
+    assert sides["plain"]["verify_width"] == 1 and sides["plain"]["draft_ms_per_step"] == 0
+    costs = next(r["costs_ms"] for r in rows if r["decoder"] == "(bare calls, ms)")
+    assert "target step w=1" in costs and "heads" in costs and any("layers" in k for k in costs)
+    goals = bench.efficiency_goals(rows)
+    assert {g["name"].split()[0] for g in goals} == {"speculative", "prompt-lookup", "medusa", "layer-skip"}
+    fixed = [r for r in rows if r["workload"].startswith(f"{workload.name} fixed")]
+    assert {(r["decoder"], r["top_p"]) for r in fixed} == {(d, p) for d in ("plain", "hf-plain")
+                                                           for p in bench.SAMPLED_TOP_PS}
+    for top_p in bench.SAMPLED_TOP_PS:
+        ours, hf = (next(r for r in fixed if r["decoder"] == d and r["top_p"] == top_p) for d in ("plain", "hf-plain"))
+        assert ours["tokens"] == hf["tokens"] and hf["vs_hf_generate"] == 1.0
+        assert ours["vs_hf_generate"] == pytest.approx(ours["tok_s"] / hf["tok_s"], rel=0.05)  # tok_s are rounded
+        assert results[(workload.name, workload.temperature, f"plain/hf fixed top_p={top_p}")] == pytest.approx(
+            ours["vs_hf_generate"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_speculative_bench_json_has_the_design_shape_and_efficiency_goals(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PONDER_HOME", str(tmp_path))
+    code = main(["bench", "speculative", "--quick", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    _check_shape(report, "speculative")
+    assert code == (0 if all(g["met"] for g in report["goals"]) else 1)
+    ponder_rows = [r for r in report["rows"] if r.get("draft_calls") is not None]
+    assert ponder_rows and all(r["predicted_speedup"] > 0 and r["efficiency"] > 0 for r in ponder_rows)
+    names = [g["name"] for g in report["goals"]]
+    assert any(n.startswith("speculative implementation efficiency") for n in names)
+    assert any(n.startswith("plain / HF generate tokens/s, arith, T=1,") for n in names)

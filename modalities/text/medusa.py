@@ -23,6 +23,25 @@ from ponder.errors import ModelLoadError
 ARCHITECTURE = "MedusaHeads"
 
 
+def save_module(module: nn.Module, folder: Path, config: dict, card: dict, dtype=torch.bfloat16) -> None:
+    """Write `config`, the module's safetensors weights (`dtype`) and `card` into `folder`, atomically
+    (a temp folder, then renames): the head folders (Medusa, Chimera) share this layout."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()},
+              str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    for child in tmp.iterdir():
+        os.replace(child, folder / child.name)
+    tmp.rmdir()
+
+
 class MedusaHeads(nn.Module):
     """K heads: hidden [B, H] -> logits [B, K, V] for tokens t+2 .. t+K+1."""
 
@@ -60,20 +79,7 @@ class MedusaHeads(nn.Module):
 
     def save(self, folder: Path, card: dict, dtype=torch.bfloat16) -> None:
         """Write config, safetensors weights (`dtype`) and card into `folder`, atomically (temp + rename)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".saving")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(self.config(), indent=2) + "\n")
-        (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        folder.mkdir(parents=True, exist_ok=True)
-        for child in tmp.iterdir():
-            os.replace(child, folder / child.name)
-        tmp.rmdir()
+        save_module(self, folder, self.config(), card, dtype)
 
     @classmethod
     def from_folder(cls, folder: str | Path, name: str | None = None) -> MedusaHeads:

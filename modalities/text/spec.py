@@ -12,6 +12,7 @@ from ponder.modalities.registry import ModalitySpec, ZooEntry
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 _TRAIN = "ponder.modalities.text.train"
+_TRAIN_PYCODE = "ponder.modalities.text.train_pycode"
 
 
 def _load(folder, *, name: str | None = None, **options):
@@ -59,10 +60,16 @@ SPEC = ModalitySpec(
         _zoo("arith-draft", "draft", "one-layer Llama distilled from arith, for speculative decoding"),
         _zoo("arith-medusa", "draft", "4 Medusa heads on the frozen arith target (--decoder medusa)",
              recipe="ponder.modalities.text.train_medusa"),
+        _zoo("arith-chimera", "draft", "Chimera draft on arith's hidden states: trigram encoder + fusion layer, "
+             "drafts autoregressively (--decoder chimera)", recipe="ponder.modalities.text.train_chimera"),
         _zoo("orm", "verifier", "outcome verifier for arith: P(final answer correct), ranked within a problem",
              recipe="ponder.modalities.text.train_verifiers"),
         _zoo("prm", "verifier", "process verifier for arith: P(step correct), every step",
              recipe="ponder.modalities.text.train_verifiers"),
+        _zoo("pycode", "model", "LlamaForCausalLM (~3.4 M, 2048-token context) trained on the Python stdlib's "
+             "own source files", recipe=_TRAIN_PYCODE),
+        _zoo("pycode-draft", "draft", "one-layer Llama distilled from pycode (same BPE), for speculative decoding",
+             recipe=_TRAIN_PYCODE),
         _zoo("exact", "verifier", "exact checker for arith: 1 if the answer is right (no weights)", recipe=None,
              weights=False),
     ),

@@ -109,21 +109,18 @@ def is_head_folder(folder: Path) -> bool:
 
 def resolve_target(name: str, folder: Path) -> Path:
     """The target folder a head names: a sibling folder of that name (a zoo folder keeps its models
-    side by side), else a zoo model (``arith`` or ``zoo:arith``), else a path (relative to the head)."""
-    from ponder import zoo
-    from ponder.errors import ZooError
+    side by side), else a text zoo model (``arith`` or ``zoo:arith``), else a path (relative to the head)."""
+    from ponder.modalities.text.spec import ZOO_DIR
 
     key = name.removeprefix("zoo:")
-    if key and (folder.parent / key / "config.json").is_file():
-        return folder.parent / key
-    try:
-        return zoo.entry(key).folder
-    except ZooError:
-        path = Path(name) if Path(name).is_absolute() else folder / name
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"verifier head {str(folder)!r} names target {name!r}, which is neither a zoo "
-                                 "model nor a folder with config.json") from None
-        return path
+    for candidate in ([folder.parent / key, ZOO_DIR / key] if key else []):
+        if (candidate / "config.json").is_file():
+            return candidate
+    path = Path(name) if Path(name).is_absolute() else folder / name
+    if not name or not (path / "config.json").is_file():
+        raise ModelLoadError(f"verifier head {str(folder)!r} names target {name!r}, which is neither a text zoo "
+                             "model nor a folder with config.json")
+    return path
 
 
 def load_head(folder: str | Path):

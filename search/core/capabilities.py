@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnswerExtractor",
+    "HiddenStateDraft",
     "HiddenStateModel",
     "LayerSkippingModel",
     "LengthChecked",
@@ -156,6 +157,27 @@ class MedusaDraft(Protocol):
     hidden_size: int
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HiddenStateDraft(Protocol):
+    """An autoregressive draft over a target's final hidden states (EAGLE / Chimera style).
+
+    Per row it keeps the pairs fed so far, (h_j, x_{j+1}): the target's hidden state [hidden_size] at
+    position j and the token after it. `begin(first_tokens)` opens a cache for B rows (row r's token
+    x_0); `extend(state, hidden [B, W, H], next_tokens [B, W], counts)` appends row r's first
+    counts[r] pairs and returns (logits [B, V] for the token after the last next token, predicted
+    hidden state [B, H] to feed back with it); `rollback(state, lengths)` keeps row r's first
+    lengths[r] pairs."""
+
+    hidden_size: int
+
+    def begin(self, first_tokens: list[int]) -> Any: ...
+
+    def extend(self, state: Any, hidden: torch.Tensor, next_tokens: torch.Tensor,
+               counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def rollback(self, state: Any, lengths: list[int]) -> None: ...
 
 
 # ---- caches ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ponder.search.core import lookup
 from ponder.search.decoding.aded import aded
 from ponder.search.decoding.auto import auto
 from ponder.search.decoding.bild import bild
+from ponder.search.decoding.chimera import chimera
 from ponder.search.decoding.dyspec import dyspec
 from ponder.search.decoding.ead import ead
 from ponder.search.decoding.jacobi import jacobi
@@ -52,6 +53,7 @@ DECODERS: dict[str, Callable] = {
     "lookahead": lookahead,
     "layer-skip": layer_skip,
     "medusa": medusa,
+    "chimera": chimera,
     "bild": bild,
     "ead": ead,
     "auto": auto,
@@ -75,6 +77,6 @@ def get_decoder(name: str) -> Callable:
     return lookup(DECODERS, "decoder", name)
 
 
-__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "auto", "bild", "dyspec", "ead", "get_decoder", "is_lossy",
-           "jacobi", "layer_skip", "mc_sjd", "medusa", "plain", "prompt_lookup", "rsd", "sjd", "spec_adaptive",
-           "spectr", "speculative", "tree"]
+__all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "auto", "bild", "chimera", "dyspec", "ead", "get_decoder",
+           "is_lossy", "jacobi", "layer_skip", "mc_sjd", "medusa", "plain", "prompt_lookup", "rsd", "sjd",
+           "spec_adaptive", "spectr", "speculative", "tree"]
