@@ -28,11 +28,18 @@ interleaved repeats. With c(shape) those costs and t the side's measured wall ti
 The predicted speedup holds the pair's agreement (accepted lengths, tree sizes, draft calls) and the
 costs of the calls that agreement buys; efficiency is 1 when a decoder spends no more time beyond its
 bare calls, per second of them, than plain decoding does, and its shortfall is the decoder's loop
-overhead. Prefills are in both sides' t_model, so a short generation does not read as overhead.
+overhead. Prefills are in both sides' t_model, so a short generation does not read as overhead. Both
+figures are ratios of ratios (micro-benchmarks against micro-benchmarks, interleaved sides against
+interleaved sides), so machine load that drifts between the sides' runs and the micro-benchmarks
+cancels; `bare_share` is absolute and does not.
+
 Simplifications: a shape is timed at its mean context length (attention cost is close to linear in
 it); a tree is timed with a binary-tree mask of its node count (the cost depends on the count, not the
-shape); work a decoder does outside model calls (n-gram lookup, tree masks, acceptance) is overhead by
-definition, also for train-free drafters whose whole draft is such work.
+shape); calls are timed warm, in a loop of the same shape, while in a decoder the first draft call after
+a verify pass finds the draft's weights pushed out of the CPU caches (one check on the shared 2-core
+machine, load ~2: +0.2 ms on a 0.9 ms zoo:arith-draft step, ~1.5 % of a speculative step), which
+therefore counts as overhead; so does all work outside model calls (n-gram lookup, tree masks, acceptance), also for
+train-free drafters whose whole draft is such work.
 """
 
 from __future__ import annotations
