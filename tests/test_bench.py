@@ -88,19 +88,21 @@ def arith_models():
     import ponder
 
     return {"target": ponder.load("text", "zoo:arith"), "draft": ponder.load("text", "zoo:arith-draft"),
-            "heads": ponder.load("text", "zoo:arith-medusa")}
+            "heads": ponder.load("text", "zoo:arith-medusa"), "chimera": ponder.load("text", "zoo:arith-chimera")}
 
 
 def test_census_counts_every_bare_call_the_decoders_count(arith_models):
-    from ponder.bench.speculative_costs import HEADS, Census
+    from ponder.bench.speculative_costs import EXTEND, HEADS, Census
     from ponder.kernels.sampling import SamplingParams
-    from ponder.search.decoding import layer_skip, medusa, speculative, tree
+    from ponder.search.decoding import chimera, layer_skip, medusa, speculative, tree
 
     target, draft, heads = arith_models["target"], arith_models["draft"], arith_models["heads"]
     census = Census(arith_models)
     ids = [target.encode("Q: 17+25=?\n"), target.encode("Q: 3*14-5=?\n")]
     for decoder, options in ((speculative, {"draft": draft, "draft_len": 3}), (medusa, {"draft": heads}),
-                             (medusa, {"draft": heads, "tree_width": 3}), (layer_skip, {}), (tree, {"draft": draft})):
+                             (medusa, {"draft": heads, "tree_width": 3}), (layer_skip, {}), (tree, {"draft": draft}),
+                             (chimera, {"draft": arith_models["chimera"]}),
+                             (chimera, {"draft": arith_models["chimera"], "tree_width": 2})):
         for batch in ([ids[0]], ids):
             stats = {}
             with census.recording() as tally:
@@ -110,9 +112,10 @@ def test_census_counts_every_bare_call_the_decoders_count(arith_models):
             assert sum(n for _, n in full) == out.compute.model_calls
             assert sum(n for c, n in full if c.kind == "prefill") == 1
             assert all(c.batch == len(batch) for c in tally)
-            drafted = sum(n for c, (n, _) in tally.items() if c.role == "draft" or c.layers < target.num_layers
-                          and c.role == "target")
+            drafted = sum(n for c, (n, _) in tally.items()
+                          if c.role in ("draft", "chimera") or c.role == "target" and c.layers < target.num_layers)
             assert drafted == out.compute.draft_calls
+            assert all(c.kind == EXTEND for c in tally if c.role == "chimera")
             heads_calls = sum(n for c, (n, _) in tally.items() if c.kind == HEADS)
             assert heads_calls == (stats["steps"] if decoder is medusa else 0)
             if decoder is speculative:  # verify passes feed the last token and at most 3 drafts
@@ -122,16 +125,17 @@ def test_census_counts_every_bare_call_the_decoders_count(arith_models):
     with census.recording():
         pass
     assert not target.model._forward_pre_hooks and not heads.blocks[0]._forward_pre_hooks  # nothing left behind
+    assert "extend" not in vars(arith_models["chimera"])
 
 
 def test_bare_calls_time_every_shape_the_census_can_record(arith_models):
-    from ponder.bench.speculative_costs import HEADS, Call, measure_costs
+    from ponder.bench.speculative_costs import EXTEND, HEADS, Call, measure_costs
 
     target = arith_models["target"]
     shapes = [Call("target", "prefill", 1, 12, 8), Call("target", "prefill", 2, 12, 8, padded=True),
               Call("target", "step", 1, 1, 8), Call("target", "step", 2, 5, 8, padded=True),
               Call("target", "tree", 1, 7, 8), Call("target", "step", 1, 1, 4), Call("draft", "step", 1, 2, 1),
-              Call("draft", "tree", 1, 4, 1), Call("heads", HEADS, 1, 1, 0)]
+              Call("draft", "tree", 1, 4, 1), Call("heads", HEADS, 1, 1, 0), Call("chimera", EXTEND, 2, 3, 0)]
     tally = {call: [3, 3 * (0 if call.kind == "prefill" else 30)] for call in shapes}
     costs = measure_costs(arith_models, tally, target.encode("Q: 17+25=?\n"), repeats=1, min_seconds=0.0)
     assert set(costs) == set(shapes) and all(0 < c < 5 for c in costs.values())
@@ -179,3 +183,29 @@ def test_speculative_bench_json_has_the_design_shape_and_efficiency_goals(capsys
     names = [g["name"] for g in report["goals"]]
     assert any(n.startswith("speculative implementation efficiency") for n in names)
     assert any(n.startswith("plain / HF generate tokens/s, arith, T=1,") for n in names)
+    assert any(n.startswith("chimera tokens per target call") for n in names)
+    assert any(n.startswith("best train-free") and "pycode" in n for n in names)
+
+
+def test_speculative_bench_runs_chimera_and_the_pycode_workload(monkeypatch, tmp_path):
+    """Chimera's chain and tree sides on arith, and the pycode workload's real-code prompts next to HF
+    prompt lookup: the same tokens from every lossless side (greedy), efficiency counted for chimera."""
+    from ponder.bench import speculative as bench
+
+    monkeypatch.setenv("PONDER_HOME", str(tmp_path))
+    models = bench._Models()
+    arith = next(w for w in bench.WORKLOADS if w.name == "arith" and w.temperature == 0.0)
+    rows, _, _ = bench.measure_workload(arith, models, quick=True, keep={"plain", "chimera", "chimera-tree"})
+    sides = {r["decoder"]: r for r in rows if "tok_s" in r and r["batch"] == 1}
+    assert set(sides) == {"plain", "chimera", "chimera-tree"}
+    assert sides["chimera"]["tokens"] == sides["plain"]["tokens"] == sides["chimera-tree"]["tokens"]
+    assert sides["chimera"]["tokens_per_target_call"] > 1.5 and sides["chimera"]["efficiency"] > 0
+    assert sides["chimera"]["spec"]["options"]["draft_len"] == bench.CHIMERA_LEN
+    pycode = next(w for w in bench.WORKLOADS if w.name == "pycode")
+    keep = {"plain", "prompt-lookup", "hf-prompt-lookup", "hf-plain"}
+    rows, results, _ = bench.measure_workload(pycode, models, quick=True, keep=keep)
+    sides = {r["decoder"]: r for r in rows if "tok_s" in r}
+    assert set(sides) == keep and all(r["workload"] == "pycode" for r in sides.values())
+    assert len({r["tokens"] for r in sides.values()}) == 1  # greedy: every side emits the same continuation
+    assert sides["prompt-lookup"]["tokens_per_target_call"] > 1.0
+    assert set(results) == {("pycode", 0.0, d) for d in keep}

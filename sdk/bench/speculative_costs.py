@@ -52,23 +52,24 @@ from dataclasses import dataclass
 import torch
 
 HEADS = "heads"  # the kind (and default role) of a Medusa heads call
+EXTEND = "extend"  # the kind of a hidden-state draft's call (Chimera / EAGLE style: `HiddenStateDraft.extend`)
 
 
 @dataclass(frozen=True)
 class Call:
     """The shape of one bare model call."""
 
-    role: str  # "target" | "draft" | "heads": which model ran
-    kind: str  # "prefill" | "step" (causal over the cache) | "tree" (tree attention mask) | "heads"
+    role: str  # which model ran: "target", "draft", "heads", "chimera" ... (the `Census` role names)
+    kind: str  # "prefill" | "step" (causal over the cache) | "tree" (tree attention mask) | "heads" | "extend"
     batch: int  # rows
-    width: int  # tokens fed per row (tree: nodes; heads: 1)
-    layers: int  # decoder layers that ran (fewer than the model has: layer skipping; heads: 0)
+    width: int  # tokens fed per row (tree: nodes; heads: 1; extend: pairs)
+    layers: int  # decoder layers that ran (fewer than the model has: layer skipping; heads, extend: 0)
     padded: bool = False  # the cache (or the prompts) carried a padding / hidden-position mask
 
     def label(self, full_layers: int | None = None) -> str:
         """A short name for reports: 'target step w=5', 'target 4/8 layers w=1', 'draft tree w=6 B=8'."""
         parts = [self.role]
-        if full_layers is not None and self.kind != HEADS and self.layers != full_layers:
+        if full_layers is not None and self.kind not in (HEADS, EXTEND) and self.layers != full_layers:
             parts.append(f"{self.layers}/{full_layers} layers")
         if self.kind != HEADS:
             parts += [self.kind, f"w={self.width}"]
@@ -98,14 +99,21 @@ def _is_heads(model) -> bool:
     return isinstance(model, MedusaHeads)
 
 
+def _is_hidden_draft(model) -> bool:
+    from ponder.search.core.capabilities import HiddenStateDraft
+
+    return isinstance(model, HiddenStateDraft)
+
+
 class Census:
     """Counts every bare model call of the models it watches, by shape, inside `recording()`.
 
-    models: role -> a `TextModel` (its transformers module is hooked) or `MedusaHeads` (each heads
-    call runs its first block exactly once, which is hooked: `head_logits` calls `forward` directly).
-    No hook stays registered outside `recording`, so timed runs carry none. A new kind of drafter
-    module (a Chimera head, ...) adds its rule here and in `bare_call`; until then the bench reports a
-    side whose `compute.draft_calls` the census did not see as `uncounted_draft_calls`, no efficiency.
+    models: role -> a `TextModel` (its transformers module is hooked), `MedusaHeads` (each heads call
+    runs its first block exactly once, which is hooked: `head_logits` calls `forward` directly) or a
+    `HiddenStateDraft` such as a Chimera draft (its `extend` is wrapped). No hook stays in place outside
+    `recording`, so timed runs carry none. A new kind of drafter adds its rule here and in `bare_call`;
+    until then the bench reports a side whose `compute.draft_calls` the census did not see as
+    `uncounted_draft_calls`, with no efficiency.
     """
 
     def __init__(self, models: dict[str, object]):
@@ -115,9 +123,13 @@ class Census:
     def recording(self) -> Iterator[Tally]:
         tally: Tally = {}
         handles = []
+        wrapped = []
         for role, model in self.models.items():
             if _is_heads(model):
                 handles.append(model.blocks[0].register_forward_pre_hook(self._heads_hook(role, tally)))
+            elif _is_hidden_draft(model):
+                model.extend = self._extend_counter(role, model.extend, tally)  # an instance attribute
+                wrapped.append(model)
             else:
                 handles.append(model.model.register_forward_pre_hook(self._lm_hook(role, model.model, tally),
                                                                      with_kwargs=True))
@@ -126,6 +138,21 @@ class Census:
         finally:
             for handle in handles:
                 handle.remove()
+            for model in wrapped:
+                del model.extend  # the class's method again
+
+    @staticmethod
+    def _extend_counter(role: str, extend, tally: Tally):
+        def counted(state, hidden, next_tokens, counts):
+            call = Call(role, EXTEND, int(hidden.shape[0]), int(hidden.shape[1]), 0)
+            entry = tally.setdefault(call, [0, 0])
+            entry[0] += 1
+            lengths = getattr(state, "lengths", None)  # the protocol leaves the state opaque: Chimera's has them
+            if lengths is not None:
+                entry[1] += round(sum(torch.as_tensor(lengths).tolist()) / max(1, len(counts)))  # pairs cached
+            return extend(state, hidden, next_tokens, counts)
+
+        return counted
 
     @staticmethod
     def _lm_hook(role: str, module, tally: Tally):
@@ -184,6 +211,19 @@ def bare_call(model, call: Call, context: int, tokens: Sequence[int]) -> tuple[C
     if call.kind == HEADS:
         hidden = torch.zeros((call.batch, model.hidden_size))  # [B, H]
         return (lambda: model.head_logits(hidden)), nullcontext
+    if call.kind == EXTEND:  # a hidden-state draft's cache of `context` pairs, extended by `width`, rolled back
+        state = model.begin([tokens[0]] * call.batch)
+        past = max(1, context)
+        model.extend(state, torch.zeros((call.batch, past, model.hidden_size)),
+                     torch.tensor([[tokens[i % len(tokens)] for i in range(past)]] * call.batch), [past] * call.batch)
+        hidden = torch.zeros((call.batch, call.width, model.hidden_size))  # [B, W, H]
+        after = torch.tensor([[tokens[i % len(tokens)] for i in range(call.width)]] * call.batch)  # [B, W]
+
+        def run_extend():
+            model.extend(state, hidden, after, [call.width] * call.batch)
+            model.rollback(state, [past] * call.batch)
+
+        return run_extend, nullcontext
 
     def ids(n: int) -> list[int]:
         return [tokens[i % len(tokens)] for i in range(n)]
@@ -280,4 +320,5 @@ def efficiency_fields(side: dict, plain: dict) -> dict:
             "bare_share": side["model_s"] / side["seconds"]}
 
 
-__all__ = ["Call", "Census", "HEADS", "bare_call", "efficiency_fields", "measure_costs", "merge", "model_seconds"]
+__all__ = ["Call", "Census", "EXTEND", "HEADS", "bare_call", "efficiency_fields", "measure_costs", "merge",
+           "model_seconds"]
