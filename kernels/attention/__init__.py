@@ -1,0 +1,22 @@
+"""Attention for decoding, torch only: a plan of what each query sees, and the exact paths that honour it.
+
+`AttentionPlan` replaces the dense mask (shared prefix, per-row lengths, hidden positions, token
+tree, KV splits) and still yields it for the sdpa / eager path. `reference_attention` returns the
+log-sum-exp beside the output, `merge_attention_states` combines partial states by it, exactly even
+for empty parts, `split_kv_attention` is flash-decoding's split-K in plain torch, and
+`cascade_attention` reads a shared prefix once for every row (FlashInfer's cascade attention).
+Faster backends (flex, Triton, xformers) are to be chosen from outside and tested against these.
+"""
+
+from .cascade import cascade_attention
+from .merge import merge_attention_states, split_kv_attention
+from .plan import AttentionPlan
+from .reference import reference_attention
+
+__all__ = [
+    "AttentionPlan",
+    "cascade_attention",
+    "merge_attention_states",
+    "reference_attention",
+    "split_kv_attention",
+]
