@@ -5,18 +5,25 @@ tree, KV splits) and still yields it for the sdpa / eager path. `reference_atten
 log-sum-exp beside the output, `merge_attention_states` combines partial states by it, exactly even
 for empty parts, `split_kv_attention` is flash-decoding's split-K in plain torch, and
 `cascade_attention` reads a shared prefix once for every row (FlashInfer's cascade attention).
+`PagedKVCache` stores rows in reference-counted, copy-on-write pages (vLLM's PagedAttention), and
+`paged_attention` / `paged_split_attention` attend over them exactly.
 Faster backends (flex, Triton, xformers) are to be chosen from outside and tested against these.
 """
 
 from .cascade import cascade_attention
 from .merge import merge_attention_states, split_kv_attention
+from .paged import PagedKVCache, PagePoolFull, paged_attention, paged_split_attention
 from .plan import AttentionPlan
 from .reference import reference_attention
 
 __all__ = [
     "AttentionPlan",
+    "PagePoolFull",
+    "PagedKVCache",
     "cascade_attention",
     "merge_attention_states",
+    "paged_attention",
+    "paged_split_attention",
     "reference_attention",
     "split_kv_attention",
 ]
