@@ -1,16 +1,17 @@
 """`ponder bench speculative`: lossless accelerated decoders vs plain decoding and HF, in one run.
 
-Target zoo:arith, draft zoo:arith-draft. Workloads: held-out arith prompts (template Q), the
-copy-heavy rewrite prompts (template R), and real code: zoo:pycode (draft zoo:pycode-draft) continuing
-the first 384 tokens of held-out Python standard-library files by 96 tokens, greedily. For each workload and decoder: tokens/s, mean tokens
-emitted per target forward (accepted drafts + 1), target calls per token, and speedups against
-ponder's plain decoding and against HF `generate(assistant_model=draft)` /
-`generate(prompt_lookup_num_tokens=...)` measured in the same run. Every side decodes the same
-prompts to EOS (or `max_new_tokens`); repeats are interleaved prompt by prompt and each side's time is
-the sum of its per-prompt best times, so drifting machine load hits all sides alike. Batch 8 runs ponder's decoders on 8 prompts at once
-(HF assisted generation only takes batch 1). Every side runs with one intra-op thread: on a shared
-2-core machine two threads per forward stall each other whenever another process holds a core, which
-punishes the many small forwards of draft-and-verify far more than plain decoding.
+Target zoo:arith, draft zoo:arith-draft. Workloads: held-out arith prompts (template Q), the copy-heavy
+rewrite prompts (template R), and real code: zoo:pycode (draft zoo:pycode-draft) continuing the first
+384 tokens of held-out Python standard-library files by 96 tokens, greedily. For each workload and
+decoder: tokens/s, mean tokens emitted per target forward (accepted drafts + 1), target calls per token,
+and speedups against ponder's plain decoding and against HF `generate(assistant_model=draft)` /
+`generate(prompt_lookup_num_tokens=...)` measured in the same run. Every side decodes the same prompts
+to EOS (or `max_new_tokens`); repeats are interleaved prompt by prompt and each side's time is the sum
+of its per-prompt best times, so drifting machine load hits all sides alike. Batch 8 runs ponder's
+decoders on 8 prompts at once (HF assisted generation only takes batch 1). Every side runs with one
+intra-op thread: on a shared 2-core machine two threads per forward stall each other whenever another
+process holds a core, which punishes the many small forwards of draft-and-verify far more than plain
+decoding.
 
 Self-speculative sides (layer-skip; medusa with zoo:arith-medusa when built: chain, top-3 tree;
 chimera with zoo:arith-chimera, the hidden-state draft, at draft length 5: chain, top-3 tree) are
@@ -28,7 +29,7 @@ decoding is also measured against HF `generate` with the same sampling (T=1, and
 both sides emitting the same fixed number of tokens (neither stops at EOS), so the tokens/s ratio is
 the two loops' alone; goal: ponder >= 0.95x HF at T=1.
 
-Goals (issue 12): the best lossless decoder (picked by its warm-up) >= 2.0x plain at T=0 and >= 1.6x at
+Goals (issue 12): the best lossless decoder (picked by its predicted speedup) >= 2.0x plain at T=0 and >= 1.6x at
 T=1 on arith, >= 1.3x HF assisted generation at both; chimera >= 3.5 tokens per target call at draft
 length 5 (arith, T=0); on pycode the best train-free drafter >= 1.5x plain and >= 1.2x HF prompt lookup.
 """
@@ -252,8 +253,8 @@ def _measure(sides: dict[str, _Side], repeats: int, census=None) -> dict:
     `repeats` rounds interleaved prompt by prompt (each round runs prompt 0 on every side, then prompt 1 ...;
     a batch-8 side's one batch is its one unit), and a side's seconds are the sum of its per-prompt best
     times — a burst of load on a shared machine then spoils one prompt's timing, not one side's. The
-    warm-up's own time is kept apart: goals that pick the fastest of several decoders pick by it and report
-    the repeats, so the pick does not select the luckiest timing it reports. With a `census`, each ponder
+    warm-up's own time is kept apart (`warmup_tok_s`: the fallback pick of `speculative_goals` where a side
+    has no predicted speedup), so a pick never selects the luckiest timing it reports. With a `census`, each ponder
     side's warm-up also counts its bare model calls ("tally")."""
     info = {}
     for name, side in sides.items():  # warm-up, and the work each side does
@@ -384,6 +385,7 @@ def measure_workload(w: Workload, models: _Models, quick: bool,
                    "draft_calls": m.get("draft_calls"),
                    "draft_calls_per_step": round(m["draft_calls"] / steps, 3) if steps else None,
                    **fields.get(side, {}),
+                   "warmup_tok_s": round(m["tokens"] / m["warmup_seconds"], 1),
                    "threads": 1,
                    "lossy": bool(m.get("spec") and _is_lossy(m["spec"]))}
             if m.get("spec"):
@@ -481,81 +483,94 @@ def _sampled_vs_hf(w: Workload, target, prompts, ids, quick: bool) -> tuple[list
 
 def _run(quick: bool) -> dict:
     models = _Models()
-    rows, goals = [], []
-    results: dict = {}
-    warm: dict = {}  # tokens/s of each side's warm-up run, used only to pick among decoders
+    rows = []
     for w in WORKLOADS:
-        more_rows, more_results, more_warm = measure_workload(w, models, quick)
-        rows += more_rows
-        results |= more_results
-        warm |= more_warm
+        rows += measure_workload(w, models, quick)[0]
+    goals = speculative_goals(rows)
+    record_history(rows)  # what `--decoder auto` chooses from ($PONDER_HOME/speed.jsonl)
+    for row in rows:
+        row.pop("spec", None), row.pop("model", None)
+    return {"rows": rows, "goals": goals}
+
+
+def speculative_goals(rows: list[dict]) -> list[dict]:
+    """The bench's goals, a pure function of its rows (so a saved report's goals can be recomputed).
+
+    Where a goal takes "the fastest of several decoders", it picks the one whose bare-call cost model
+    predicts the largest speedup (`predicted_speedup`: counted calls x micro-benchmarked costs, no
+    timing of the repeats), falling back to the warm-up's tokens/s when a candidate has no prediction,
+    and reports that decoder's timed repeats — so the pick cannot select the luckiest timing it reports.
+    """
+    table = {(r["workload"], r["T"], r["decoder"] + ("" if r.get("batch") == 1 else " b8")): r for r in rows
+             if "tok_s" in r}
 
     def ratio(a, b):
-        return results[a] / results[b]
+        return table[a]["tok_s"] / table[b]["tok_s"]
 
-    lossless = {(r["workload"], r["T"], r["decoder"]) for r in rows
-                if r.get("batch") == 1 and "tok_s" in r and not r.get("lossy")
-                and r["decoder"] != "plain" and not r["decoder"].startswith("hf-")}
-
-    def fastest(name, temperature, candidates, suffix=""):  # picked by the warm-up, reported by the repeats
-        found = [d for d in candidates if (name, temperature, d + suffix) in results]
-        return max(found, key=lambda d: warm[(name, temperature, d + suffix)]) if found else None
+    def fastest(name, temperature, candidates, suffix=""):
+        found = [table[(name, temperature, d + suffix)] for d in candidates if (name, temperature, d + suffix) in table]
+        if not found:
+            return None
+        by_model = all(r.get("predicted_speedup") is not None for r in found)
+        pick = max(found, key=lambda r: r["predicted_speedup"] if by_model else r.get("warmup_tok_s", 0.0))
+        return pick["decoder"]
 
     def best_lossless(name, temperature):
-        return fastest(name, temperature, sorted(d for n, t, d in lossless if n == name and t == temperature))
+        return fastest(name, temperature, sorted(
+            d for n, t, d in table if n == name and t == temperature and not table[(n, t, d)].get("lossy")
+            and d != "plain" and not d.startswith("hf-") and not d.endswith(" b8")))
 
-    s0, s1 = best_lossless("arith", 0.0), best_lossless("arith", 1.0)
+    goals = []
+    if ("arith", 0.0, "plain") in table and ("arith", 1.0, "plain") in table:
+        s0, s1 = best_lossless("arith", 0.0), best_lossless("arith", 1.0)
+        spec0 = ratio(("arith", 0.0, s0), ("arith", 0.0, "plain"))
+        spec1 = ratio(("arith", 1.0, s1), ("arith", 1.0, "plain"))
+        goals += [goal(f"best lossless ({s0}) / plain tokens/s, arith, T=0, batch 1", ">= 2.0", spec0, spec0 >= 2.0),
+                  goal(f"best lossless ({s1}) / plain tokens/s, arith, T=1, batch 1", ">= 1.6", spec1, spec1 >= 1.6)]
+        for temperature, best in ((0.0, s0), (1.0, s1)):
+            if ("arith", temperature, "hf-assisted") in table:
+                value = ratio(("arith", temperature, best), ("arith", temperature, "hf-assisted"))
+                goals.append(goal(f"best lossless ({best}) / HF assisted generation tokens/s, arith, "
+                                  f"T={temperature:g}", ">= 1.3", value, value >= 1.3))
+    # the faster of the two copy-heavy drafters the issue names
+    copy = fastest("copy", 0.0, ("prompt-lookup", "token-recycling"))
+    if copy is not None:
+        pl = ratio(("copy", 0.0, copy), ("copy", 0.0, "plain"))
+        pl_hf = ratio(("copy", 0.0, copy), ("copy", 0.0, "hf-prompt-lookup"))
+        goals += [goal(f"{copy} / plain tokens/s, copy-heavy, T=0", ">= 1.5", pl, pl >= 1.5),
+                  goal(f"{copy} / HF prompt lookup tokens/s, copy-heavy, T=0", ">= 1.2", pl_hf, pl_hf >= 1.2)]
     s8 = fastest("arith", 0.0, ("speculative", "spec-adaptive", "spec-goodput", "tree", "dyspec", "layer-skip",
                                 "medusa"), " b8")
-    spec0 = ratio(("arith", 0.0, s0), ("arith", 0.0, "plain"))
-    spec1 = ratio(("arith", 1.0, s1), ("arith", 1.0, "plain"))
-    vs_hf = ratio(("arith", 0.0, s0), ("arith", 0.0, "hf-assisted"))
-    vs_hf1 = ratio(("arith", 1.0, s1), ("arith", 1.0, "hf-assisted"))
-    # the faster of the two copy-heavy drafters the issue names, picked by the warm-up
-    copy = fastest("copy", 0.0, ("prompt-lookup", "token-recycling"))
-    pl = ratio(("copy", 0.0, copy), ("copy", 0.0, "plain"))
-    pl_hf = ratio(("copy", 0.0, copy), ("copy", 0.0, "hf-prompt-lookup"))
-    b8 = ratio(("arith", 0.0, s8 + " b8"), ("arith", 0.0, "plain b8"))
-    goals += [
-        goal(f"best lossless ({s0}) / plain tokens/s, arith, T=0, batch 1", ">= 2.0", spec0, spec0 >= 2.0),
-        goal(f"best lossless ({s1}) / plain tokens/s, arith, T=1, batch 1", ">= 1.6", spec1, spec1 >= 1.6),
-        goal(f"best lossless ({s0}) / HF assisted generation tokens/s, arith, T=0", ">= 1.3", vs_hf, vs_hf >= 1.3),
-        goal(f"best lossless ({s1}) / HF assisted generation tokens/s, arith, T=1", ">= 1.3", vs_hf1,
-             vs_hf1 >= 1.3),
-        goal(f"{copy} / plain tokens/s, copy-heavy, T=0", ">= 1.5", pl, pl >= 1.5),
-        goal(f"{copy} / HF prompt lookup tokens/s, copy-heavy, T=0", ">= 1.2", pl_hf, pl_hf >= 1.2),
-        goal(f"{s8} / plain tokens/s, arith, T=0, batch 8 (reported; HF assisted cannot)", "> 1.0", b8, b8 > 1.0),
-    ]
-    chimera_row = next((r for r in rows if r["workload"] == "arith" and r["T"] == 0.0 and r.get("batch") == 1
-                        and r["decoder"] == "chimera"), None)
+    if s8 is not None:
+        b8 = ratio(("arith", 0.0, s8 + " b8"), ("arith", 0.0, "plain b8"))
+        goals.append(goal(f"{s8} / plain tokens/s, arith, T=0, batch 8 (reported; HF assisted cannot)", "> 1.0", b8,
+                          b8 > 1.0))
+    chimera_row = table.get(("arith", 0.0, "chimera"))
     if chimera_row is not None:
         value = chimera_row["tokens_per_target_call"]
         goals.append(goal(f"chimera tokens per target call, draft length {CHIMERA_LEN}, arith, T=0, batch 1",
                           ">= 3.5", value, value >= 3.5))
     free = fastest("pycode", 0.0, TRAIN_FREE_SIDES)
     if free is not None:  # zoo:pycode is built
-        code, code_hf = ratio(("pycode", 0.0, free), ("pycode", 0.0, "plain")), ratio(
-            ("pycode", 0.0, free), ("pycode", 0.0, "hf-prompt-lookup"))
+        code = ratio(("pycode", 0.0, free), ("pycode", 0.0, "plain"))
+        code_hf = ratio(("pycode", 0.0, free), ("pycode", 0.0, "hf-prompt-lookup"))
         goals += [goal(f"best train-free ({free}) / plain tokens/s, pycode, T=0, batch 1", ">= 1.5", code,
                        code >= 1.5),
                   goal(f"best train-free ({free}) / HF prompt lookup tokens/s, pycode, T=0", ">= 1.2", code_hf,
                        code_hf >= 1.2)]
         best = best_lossless("pycode", 0.0)
-        if ("pycode", 0.0, "hf-assisted") in results:
+        if ("pycode", 0.0, "hf-assisted") in table:
             value = ratio(("pycode", 0.0, best), ("pycode", 0.0, "hf-assisted"))
             goals.append(goal(f"best lossless ({best}) / HF assisted generation tokens/s, pycode, T=0 (reported)",
                               "> 1.0", value, value > 1.0))
     goals += efficiency_goals(rows, workloads=("arith",))
-    for (name, temperature, key), value in results.items():
-        if key.startswith("plain/hf fixed"):
-            top_p = key.split("top_p=")[1]
-            what = f"T={temperature:g}" + ("" if float(top_p) == 1.0 else f", top-p {top_p}")
+    for r in rows:
+        if " fixed " in r["workload"] and r["decoder"] == "plain":
+            what = f"T={r['T']:g}" + ("" if r["top_p"] == 1.0 else f", top-p {r['top_p']}")
+            name = r["workload"].split(" fixed ")[0]
             goals.append(goal(f"plain / HF generate tokens/s, {name}, {what}, batch 1, same tokens (no EOS stop)",
-                              ">= 0.95", value, value >= 0.95))
-    record_history(rows)  # what `--decoder auto` chooses from ($PONDER_HOME/speed.jsonl)
-    for row in rows:
-        row.pop("spec", None), row.pop("model", None)
-    return {"rows": rows, "goals": goals}
+                              ">= 0.95", r["vs_hf_generate"], r["vs_hf_generate"] >= 0.95))
+    return goals
 
 
 def efficiency_goals(rows: list[dict], workloads=("arith",)) -> list[dict]:
