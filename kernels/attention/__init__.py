@@ -6,7 +6,8 @@ log-sum-exp beside the output, `merge_attention_states` combines partial states 
 for empty parts, `split_kv_attention` is flash-decoding's split-K in plain torch, and
 `cascade_attention` reads a shared prefix once for every row (FlashInfer's cascade attention).
 `PagedKVCache` stores rows in reference-counted, copy-on-write pages (vLLM's PagedAttention), and
-`paged_attention` / `paged_split_attention` attend over them exactly.
+`paged_attention` / `paged_split_attention` attend over them exactly. `triton_attention` is
+flash-decoding's split-K as a Triton kernel over the same plan (triton is imported only when it runs).
 Faster backends (flex, Triton, xformers) are to be chosen from outside and tested against these.
 """
 
@@ -15,6 +16,7 @@ from .merge import merge_attention_states, split_kv_attention
 from .paged import PagedKVCache, PagePoolFull, paged_attention, paged_split_attention
 from .plan import AttentionPlan
 from .reference import reference_attention
+from .triton_decode import triton_attention
 
 __all__ = [
     "AttentionPlan",
@@ -26,4 +28,5 @@ __all__ = [
     "paged_split_attention",
     "reference_attention",
     "split_kv_attention",
+    "triton_attention",
 ]
