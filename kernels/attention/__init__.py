@@ -8,9 +8,19 @@ for empty parts, `split_kv_attention` is flash-decoding's split-K in plain torch
 `PagedKVCache` stores rows in reference-counted, copy-on-write pages (vLLM's PagedAttention), and
 `paged_attention` / `paged_split_attention` attend over them exactly. `triton_attention` is
 flash-decoding's split-K as a Triton kernel over the same plan (triton is imported only when it runs).
-Faster backends (flex, Triton, xformers) are to be chosen from outside and tested against these.
+`attend` is the one call for plan-driven attention; its backend (`sdpa` by default, `reference`, `flex`,
+`triton`, `xformers`) is chosen from outside by name; each backend's module is imported only when it runs.
 """
 
+from .backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    AttentionBackend,
+    BackendUnavailable,
+    attend,
+    available_backends,
+    get_backend,
+)
 from .cascade import cascade_attention
 from .merge import merge_attention_states, split_kv_attention
 from .paged import PagedKVCache, PagePoolFull, paged_attention, paged_split_attention
@@ -19,10 +29,17 @@ from .reference import reference_attention
 from .triton_decode import triton_attention
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "AttentionBackend",
     "AttentionPlan",
+    "BackendUnavailable",
     "PagePoolFull",
     "PagedKVCache",
+    "attend",
+    "available_backends",
     "cascade_attention",
+    "get_backend",
     "merge_attention_states",
     "paged_attention",
     "paged_split_attention",
