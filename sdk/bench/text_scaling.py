@@ -378,8 +378,9 @@ def _goals(rows, ns, step_ns, one_sample, mismatches) -> list[dict]:
     goals.append(goal(f"best-of-n/prm - majority vote accuracy at N={n} (+- {se:.3f})", "> 0", d, d > 0))
     m = 16 if 16 in step_ns else max(step_ns)
     beam, particles = _find(rows, "beam/prm", m), _find(rows, "particles/prm", m)
-    pool_prm = [r for r in prm if r["tokens"] <= beam["tokens"]] or prm[:1]
-    matched = max(pool_prm, key=lambda r: r["tokens"])  # the largest N drawing no more tokens than beam
+    # the best-of-N budget whose generated tokens are nearest beam's (beam at N=16 draws about what
+    # best-of-16 draws: "the largest N with no more tokens" would compare it with N=8 over a few tokens)
+    matched = min(prm, key=lambda r: (abs(r["tokens"] - beam["tokens"]), r["n"]))
     d, se = _diff(beam, matched)
     goals.append(goal(f"beam/prm N={m} ({beam['tokens']:.0f} tokens) - best-of-n/prm N={matched['n']} "
                       f"({matched['tokens']:.0f} tokens) accuracy (+- {se:.3f})", ">= 0", d, d >= 0))
