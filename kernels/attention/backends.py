@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cascade import cascade_attention
+from .cascade import cascade_attention, check_attention_inputs
 from .plan import AttentionPlan
-from .reference import check_qkv, compute_dtype
+from .reference import compute_dtype
 
 DEFAULT_BACKEND = "sdpa"
 
@@ -292,38 +292,6 @@ def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
     return tuple(name for name, backend in _REGISTRY.items() if backend.missing(device) is None)
 
 
-def _check_inputs(query: Tensor, key: Tensor, value: Tensor, plan: AttentionPlan, prefix_key: Tensor | None,
-                  prefix_value: Tensor | None) -> None:
-    """ValueError unless the tensors fit the plan and each other (the checks `cascade_attention` makes)."""
-    if not isinstance(plan, AttentionPlan):
-        raise ValueError(f"plan must be an AttentionPlan, got {type(plan).__name__}")
-    if query.dim() != 4 or query.shape[0] != plan.batch or query.shape[2] != plan.num_queries:
-        raise ValueError(f"query must be [B, Hq, T, D] with B = plan.batch = {plan.batch} and T = "
-                         f"plan.num_queries = {plan.num_queries}, got shape {list(query.shape)}")
-    if key.dim() != 4 or key.shape[2] != plan.kv_length:
-        raise ValueError(f"key must be [B, Hkv, S, D] with S = plan.kv_length = {plan.kv_length}, "
-                         f"got shape {list(key.shape)}")
-    check_qkv(query, key, value)
-    others = [tensor for tensor in (key, value, prefix_key, prefix_value) if tensor is not None]
-    if any(tensor.device != query.device for tensor in others):
-        raise ValueError(f"query, key and value (and the prefix) must share a device, got "
-                         f"{[str(tensor.device) for tensor in (query, *others)]}")
-    if plan.prefix_length == 0:
-        if prefix_key is not None or prefix_value is not None:
-            raise ValueError("prefix_key / prefix_value were given but plan.prefix_length is 0")
-        return
-    if prefix_key is None or prefix_value is None:
-        raise ValueError(f"plan.prefix_length is {plan.prefix_length}: pass prefix_key and prefix_value "
-                         f"[1, Hkv, {plan.prefix_length}, D]")
-    if prefix_key.dim() != 4 or prefix_key.shape[0] != 1 or prefix_key.shape[2] != plan.prefix_length:
-        raise ValueError(f"prefix_key must be [1, Hkv, P, D] with P = plan.prefix_length = {plan.prefix_length}, "
-                         f"got shape {list(prefix_key.shape)}")
-    if prefix_key.shape[1] != key.shape[1]:
-        raise ValueError(f"prefix key/value heads {prefix_key.shape[1]} must equal the suffix's {key.shape[1]}")
-    check_qkv(query[:1], prefix_key, prefix_value)
-    if prefix_value.shape[3] != value.shape[3]:
-        raise ValueError(f"prefix_value head_dim {prefix_value.shape[3]} must equal value's {value.shape[3]}")
-
 
 def attend(query: Tensor, key: Tensor, value: Tensor, plan: AttentionPlan, prefix_key: Tensor | None = None,
            prefix_value: Tensor | None = None, *, backend: str = DEFAULT_BACKEND, scale: float | None = None,
@@ -354,7 +322,7 @@ def attend(query: Tensor, key: Tensor, value: Tensor, plan: AttentionPlan, prefi
             names the backends that can.
     """
     chosen = get_backend(backend)
-    _check_inputs(query, key, value, plan, prefix_key, prefix_value)
+    check_attention_inputs(query, key, value, plan, prefix_key, prefix_value)
     reason = chosen.unavailable_reason(query.device)
     if reason is not None:
         here = ", ".join(available_backends(query.device))

@@ -44,30 +44,13 @@ def cascade_attention(query: Tensor, key: Tensor, value: Tensor, plan: Attention
     Raises:
         ValueError: when a tensor's shape disagrees with the plan or with the other tensors.
     """
-    if query.dim() != 4 or query.shape[0] != plan.batch or query.shape[2] != plan.num_queries:
-        raise ValueError(f"query must be [B, Hq, T, D] with B = plan.batch = {plan.batch} and T = "
-                         f"plan.num_queries = {plan.num_queries}, got shape {list(query.shape)}")
-    if key.dim() != 4 or key.shape[2] != plan.kv_length:
-        raise ValueError(f"key must be [B, Hkv, S, D] with S = plan.kv_length = {plan.kv_length}, "
-                         f"got shape {list(key.shape)}")
-    check_qkv(query, key, value)
+    check_attention_inputs(query, key, value, plan, prefix_key, prefix_value)
     suffix = split_state(query, key, value, plan.suffix_mask()[:, None], plan.num_splits, scale)  # [B, Hq, T, Dv]
     if plan.prefix_length == 0:
-        if prefix_key is not None or prefix_value is not None:
-            raise ValueError("prefix_key / prefix_value were given but plan.prefix_length is 0")
         return suffix[0].to(query.dtype), suffix[1]
-    if prefix_key is None or prefix_value is None:
-        raise ValueError(f"plan.prefix_length is {plan.prefix_length}: pass prefix_key and prefix_value "
-                         f"[1, Hkv, {plan.prefix_length}, D]")
-    if prefix_key.dim() != 4 or prefix_key.shape[0] != 1 or prefix_key.shape[2] != plan.prefix_length:
-        raise ValueError(f"prefix_key must be [1, Hkv, P, D] with P = plan.prefix_length = {plan.prefix_length}, "
-                         f"got shape {list(prefix_key.shape)}")
-    if prefix_key.shape[1] != key.shape[1]:
-        raise ValueError(f"prefix key/value heads {prefix_key.shape[1]} must equal the suffix's {key.shape[1]}")
     batch, heads, count, head_dim = query.shape
     # all rows' queries as one block against the one prefix copy: [1, Hq, B*T, D]; no per-row K/V copy
     block = query.transpose(0, 1).reshape(1, heads, batch * count, head_dim)
-    check_qkv(block, prefix_key, prefix_value)
     out, lse = split_state(block, prefix_key, prefix_value, None, plan.num_splits, scale)  # [1, Hq, B*T, *]
     out = out.reshape(heads, batch, count, -1).transpose(0, 1)  # [B, Hq, T, Dv]
     lse = lse.reshape(heads, batch, count).transpose(0, 1)  # [B, Hq, T]
@@ -76,3 +59,39 @@ def cascade_attention(query: Tensor, key: Tensor, value: Tensor, plan: Attention
     lse = torch.where(uses, lse, torch.full((), -math.inf, dtype=lse.dtype, device=lse.device))
     merged, merged_lse = merge_attention_states([(out, lse), suffix])
     return merged.to(query.dtype), merged_lse
+
+
+def check_attention_inputs(query: Tensor, key: Tensor, value: Tensor, plan: AttentionPlan,
+                           prefix_key: Tensor | None = None, prefix_value: Tensor | None = None) -> None:
+    """ValueError unless the tensors fit the plan and each other: query [B, Hq, T, D] with B and T the
+    plan's, key / value [B, Hkv, S, D / Dv] with S = plan.kv_length, one device, and a prefix
+    [1, Hkv, P, D / Dv] given exactly when plan.prefix_length = P > 0. Every attention entry point
+    (`cascade_attention`, `triton_attention`, `attend`) checks its inputs here."""
+    if not isinstance(plan, AttentionPlan):
+        raise ValueError(f"plan must be an AttentionPlan, got {type(plan).__name__}")
+    if query.dim() != 4 or query.shape[0] != plan.batch or query.shape[2] != plan.num_queries:
+        raise ValueError(f"query must be [B, Hq, T, D] with B = plan.batch = {plan.batch} and T = "
+                         f"plan.num_queries = {plan.num_queries}, got shape {list(query.shape)}")
+    if key.dim() != 4 or key.shape[2] != plan.kv_length:
+        raise ValueError(f"key must be [B, Hkv, S, D] with S = plan.kv_length = {plan.kv_length}, "
+                         f"got shape {list(key.shape)}")
+    check_qkv(query, key, value)
+    others = [tensor for tensor in (key, value, prefix_key, prefix_value) if tensor is not None]
+    if any(tensor.device != query.device for tensor in others):
+        raise ValueError(f"query, key and value (and the prefix) must share a device, got "
+                         f"{[str(tensor.device) for tensor in (query, *others)]}")
+    if plan.prefix_length == 0:
+        if prefix_key is not None or prefix_value is not None:
+            raise ValueError("prefix_key / prefix_value were given but plan.prefix_length is 0")
+        return
+    if prefix_key is None or prefix_value is None:
+        raise ValueError(f"plan.prefix_length is {plan.prefix_length}: pass prefix_key and prefix_value "
+                         f"[1, Hkv, {plan.prefix_length}, D]")
+    if prefix_key.dim() != 4 or prefix_key.shape[0] != 1 or prefix_key.shape[2] != plan.prefix_length:
+        raise ValueError(f"prefix_key must be [1, Hkv, P, D] with P = plan.prefix_length = {plan.prefix_length}, "
+                         f"got shape {list(prefix_key.shape)}")
+    if prefix_key.shape[1] != key.shape[1]:
+        raise ValueError(f"prefix key/value heads {prefix_key.shape[1]} must equal the suffix's {key.shape[1]}")
+    check_qkv(query[:1], prefix_key, prefix_value)
+    if prefix_value.shape[3] != value.shape[3]:
+        raise ValueError(f"prefix_value head_dim {prefix_value.shape[3]} must equal value's {value.shape[3]}")
