@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from attention_cases import assert_tree_nodes_match_unrolled_paths
 
 from ponder.kernels.attention import (
     AttentionPlan,
@@ -236,30 +237,8 @@ def test_nan_past_a_rows_length_or_in_hidden_positions_changes_nothing(num_split
 
 
 def test_a_tree_nodes_output_equals_attention_over_its_unrolled_path():
-    # root 0 -> {1, 2}; 1 -> {3, 4}; 2 -> 5; 4 -> 6
-    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 4]])
-    older, count = 9, parents.shape[1]
-    generator = torch.Generator().manual_seed(13)
-    query = torch.randn((1, HEADS, count, 16), generator=generator, dtype=torch.float64)
-    key = torch.randn((1, KV_HEADS, older + count, 16), generator=generator, dtype=torch.float64)
-    value = torch.randn((1, KV_HEADS, older + count, 16), generator=generator, dtype=torch.float64)
-    hidden = torch.zeros((1, older + count), dtype=torch.bool)
-    hidden[0, [2, 5]] = True
-    plan = AttentionPlan(lengths=torch.tensor([older + count]), kv_length=older + count, num_queries=count,
-                         hidden=hidden, tree=tree_mask(parents))
-    out, lse = cascade_attention(query, key, value, plan)
-    for node in range(count):
-        path = [node]
-        while int(parents[0, path[-1]]) >= 0:
-            path.append(int(parents[0, path[-1]]))
-        path.reverse()
-        # the path fed as a plain causal sequence after the same cache
-        keep = list(range(older)) + [older + n for n in path]
-        chain = AttentionPlan(lengths=torch.tensor([len(keep)]), kv_length=len(keep), num_queries=len(path),
-                              hidden=hidden[:, keep])
-        path_out, path_lse = cascade_attention(query[:, :, path], key[:, :, keep], value[:, :, keep], chain)
-        torch.testing.assert_close(out[:, :, node], path_out[:, :, -1], rtol=0, atol=1e-12)
-        torch.testing.assert_close(lse[:, :, node], path_lse[:, :, -1], rtol=0, atol=1e-12)
+    assert_tree_nodes_match_unrolled_paths(cascade_attention, dtype=torch.float64, atol=1e-12, heads=HEADS,
+                                           kv_heads=KV_HEADS)
 
 
 def test_merging_with_an_empty_segment_is_the_identity():

@@ -12,14 +12,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import multiprocessing
-import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
+from attention_cases import interpreter_worker, random_case
 
 from ponder.kernels.attention import (
     BACKENDS,
@@ -31,72 +29,22 @@ from ponder.kernels.attention import (
     get_backend,
     reference_attention,
 )
-from ponder.kernels.tree import tree_mask
 
 # flex without torch.compile says it is unfused; that is the point of running it eagerly here
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 IN_PROCESS = ("sdpa", "reference", "flex")  # the backends this process runs on the CPU
-SLACK = 3  # stale positions past the longest row, never to be read
 FLOAT32 = 5e-6  # a float32 backend against the float64 reference
 HAS_TRITON = importlib.util.find_spec("triton") is not None  # not import: importing triton here fixes its mode
 
 
 @pytest.fixture(scope="module")
 def interpret():
-    """Call `fn(*args)` in a spawned worker whose triton runs kernels under the interpreter; returns its result.
-
-    A minimal copy of test_triton_decode.py's fixture (test files are not importable from each other).
-    """
+    """Call `fn(*args)` in a spawned worker whose triton runs kernels under the interpreter
+    (`attention_cases.interpreter_worker`); returns its result."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    context = multiprocessing.get_context("spawn")
-    with pytest.MonkeyPatch.context() as patch, ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        patch.setenv("TRITON_INTERPRET", "1")
-        patch.setenv("OMP_NUM_THREADS", "1")
-        # the first task starts the one worker, which inherits the environment as it is now
-        assert pool.submit(os.getenv, "TRITON_INTERPRET").result(timeout=120) == "1"
-        patch.undo()
-        yield lambda fn, *args: pool.submit(fn, *args).result(timeout=300)
-
-
-def _case(batch: int, cache: int, new: int, head_dim: int, *, seed: int, heads: int = 4, kv_heads: int = 2,
-          value_dim: int | None = None, prefix: int = 0, tree: bool = True, hidden: bool = True):
-    """Random float32 queries and K/V with a plan of ragged lengths, hidden older positions and a random tree.
-
-    Row 0 is the longest (`cache` older positions) and sees the prefix; other rows see it at random.
-    The query is a transposed view [B, T, Hq, D] -> [B, Hq, T, D], so a backend must honour strides.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    size = cache + new + SLACK
-    older = torch.randint(0, cache + 1, (batch,), generator=generator)
-    older[0] = cache
-    hide = None
-    if hidden:
-        position = torch.arange(size)[None, :]
-        hide = (torch.rand((batch, size), generator=generator) < 0.25) & (position < older[:, None])
-    parents = None
-    if tree:
-        parents = torch.full((batch, new), -1, dtype=torch.long)
-        for node in range(1, new):
-            parents[:, node] = torch.randint(-1, node, (batch,), generator=generator)
-    rows = None
-    if prefix:
-        rows = torch.rand(batch, generator=generator) < 0.6
-        rows[0] = True
-    plan = AttentionPlan(lengths=older + new, kv_length=size, num_queries=new, hidden=hide,
-                         tree=None if parents is None else tree_mask(parents), prefix_length=prefix,
-                         prefix_rows=rows)
-    value_dim = value_dim or head_dim
-
-    def draw(*shape):
-        return torch.randn(shape, generator=generator)
-
-    tensors = {"query": draw(batch, new, heads, head_dim).transpose(1, 2),
-               "key": draw(batch, kv_heads, size, head_dim), "value": draw(batch, kv_heads, size, value_dim),
-               "prefix_key": draw(1, kv_heads, prefix, head_dim) if prefix else None,
-               "prefix_value": draw(1, kv_heads, prefix, value_dim) if prefix else None}
-    return plan, tensors
+    yield from interpreter_worker()
 
 
 def _args(tensors: dict) -> tuple:
@@ -146,7 +94,7 @@ ODD_SIZES = [  # (cache, new, batch, head_dim, case options)
 @pytest.mark.parametrize("backend", IN_PROCESS)
 @pytest.mark.parametrize("cache,new,batch,head_dim,options", ODD_SIZES)
 def test_backend_matches_the_reference_at_odd_sizes(backend, cache, new, batch, head_dim, options):
-    plan, tensors = _case(batch, cache, new, head_dim, seed=cache * 100 + new, **options)
+    plan, tensors = random_case(batch, cache, new, head_dim, seed=cache * 100 + new, **options)
     _assert_matches_reference(backend, plan, tensors)
 
 
@@ -158,15 +106,15 @@ def test_backend_matches_the_reference_at_odd_sizes(backend, cache, new, batch, 
 @pytest.mark.parametrize("cache", [1, 17, 129])
 def test_backend_matches_the_reference_over_the_full_size_grid(backend, cache, new, batch, head_dim):
     # half the grid without a tree (the causal chain), half with a shared prefix
-    plan, tensors = _case(batch, cache, new, head_dim, seed=cache * 1000 + new * 10 + batch, tree=head_dim == 16,
+    plan, tensors = random_case(batch, cache, new, head_dim, seed=cache * 1000 + new * 10 + batch, tree=head_dim == 16,
                           prefix=5 if batch == 3 else 0)
     _assert_matches_reference(backend, plan, tensors)
 
 
 def test_triton_backend_matches_the_reference_through_attend(interpret):
-    plan, tensors = _case(3, 17, 5, 16, seed=11, prefix=7)
+    plan, tensors = random_case(3, 17, 5, 16, seed=11, prefix=7)
     _assert_matches_reference("triton", plan, tensors, interpret)
-    plan, tensors = _case(1, 129, 1, 64, seed=12, tree=False)
+    plan, tensors = random_case(1, 129, 1, 64, seed=12, tree=False)
     _assert_matches_reference("triton", plan, tensors, interpret)
 
 
@@ -175,21 +123,21 @@ def test_triton_backend_matches_the_reference_through_attend(interpret):
 @pytest.mark.parametrize("new", [1, 5, 16])
 @pytest.mark.parametrize("cache", [1, 17, 129])
 def test_triton_backend_matches_the_reference_over_the_size_grid(interpret, cache, new, batch, head_dim):
-    plan, tensors = _case(batch, cache, new, head_dim, seed=cache * 1000 + new * 10 + batch, tree=batch == 3,
+    plan, tensors = random_case(batch, cache, new, head_dim, seed=cache * 1000 + new * 10 + batch, tree=batch == 3,
                           prefix=5 if batch == 3 else 0)
     _assert_matches_reference("triton", plan, tensors, interpret)
 
 
 @pytest.mark.parametrize("backend", [name for name in IN_PROCESS if torch.float64 in get_backend(name).dtypes])
 def test_float64_backends_match_the_reference_in_float64(backend):
-    plan, tensors = _case(3, 17, 5, 16, seed=21, prefix=4)
+    plan, tensors = random_case(3, 17, 5, 16, seed=21, prefix=4)
     tensors = {name: None if t is None else t.double() for name, t in tensors.items()}
     _assert_matches_reference(backend, plan, tensors, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", IN_PROCESS)
 def test_float16_inputs_return_float16_close_to_the_reference(backend):
-    plan, tensors = _case(2, 17, 5, 16, seed=22, prefix=3)
+    plan, tensors = random_case(2, 17, 5, 16, seed=22, prefix=3)
     half = {name: None if t is None else t.half() for name, t in tensors.items()}
     out, _ = _run(backend, plan, half)
     want, _ = _reference(plan, half)
@@ -252,7 +200,7 @@ def test_a_query_that_sees_nothing_gives_zero_on_triton(interpret):
 
 @pytest.mark.parametrize("backend", [name for name in IN_PROCESS if get_backend(name).ignores_unseen_nan])
 def test_nan_in_unseen_positions_changes_nothing_where_the_backend_says_so(backend):
-    plan, tensors = _case(3, 17, 5, 16, seed=23)
+    plan, tensors = random_case(3, 17, 5, 16, seed=23)
     clean, _ = _run(backend, plan, tensors)
     unseen = (torch.arange(plan.kv_length)[None, :] >= plan.lengths[:, None]) | plan.hidden  # [B, S]
     poisoned = dict(tensors, key=tensors["key"].masked_fill(unseen[:, None, :, None], math.nan),
@@ -264,8 +212,8 @@ def test_nan_in_unseen_positions_changes_nothing_where_the_backend_says_so(backe
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_masks_cached_on_a_plan_do_not_leak_into_another(backend):
     # same shapes, different lengths and hidden positions: a cache keyed on shapes would reuse the first mask
-    first, tensors = _case(3, 17, 5, 16, seed=24, prefix=2)
-    second, _ = _case(3, 17, 5, 16, seed=25, prefix=2)
+    first, tensors = random_case(3, 17, 5, 16, seed=24, prefix=2)
+    second, _ = random_case(3, 17, 5, 16, seed=25, prefix=2)
     assert not torch.equal(first.dense_mask(), second.dense_mask())
     for plan in (first, second, first):
         _assert_matches_reference(backend, plan, tensors)
@@ -276,7 +224,7 @@ def test_masks_cached_on_a_plan_do_not_leak_into_another(backend):
 def test_backend_matches_the_reference_on_cuda(backend):
     if get_backend(backend).unavailable_reason("cuda") is not None:
         pytest.skip(get_backend(backend).unavailable_reason("cuda"))
-    plan, tensors = _case(3, 129, 5, 64, seed=31, prefix=7)
+    plan, tensors = random_case(3, 129, 5, 64, seed=31, prefix=7)
     cuda_plan = AttentionPlan(lengths=plan.lengths.cuda(), kv_length=plan.kv_length, num_queries=plan.num_queries,
                               hidden=plan.hidden.cuda(), tree=plan.tree.cuda(), prefix_length=plan.prefix_length,
                               prefix_rows=plan.prefix_rows.cuda())
@@ -295,7 +243,7 @@ def test_registry_names_every_backend_with_sdpa_the_default():
     assert BACKENDS == ("sdpa", "reference", "flex", "triton", "xformers")
     assert DEFAULT_BACKEND == "sdpa" and get_backend("sdpa").name == "sdpa"
     assert {name for name in BACKENDS if get_backend(name).returns_lse} == {"reference", "flex", "triton"}
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     torch.testing.assert_close(attend(*_args(tensors), plan), attend(*_args(tensors), plan, backend="sdpa"))
 
 
@@ -304,7 +252,7 @@ def test_an_unknown_backend_is_refused_naming_it_and_the_allowed_names(bad):
     message = rf"unknown attention backend {bad!r}; choose one of sdpa, reference, flex, triton, xformers"
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         get_backend(bad)
-    plan, tensors = _case(1, 5, 1, 16, seed=1)
+    plan, tensors = random_case(1, 5, 1, 16, seed=1)
     with pytest.raises(ValueError, match="unknown attention backend"):
         attend(*_args(tensors), plan, backend=bad)
 
@@ -320,7 +268,7 @@ def test_available_backends_follow_the_device_and_the_interpreter_switch(monkeyp
 
 def test_xformers_on_cpu_is_refused_naming_it_and_what_is_available(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     with pytest.raises(BackendUnavailable, match=r"attention backend 'xformers' cannot run here: it runs on cuda "
                                                  r"tensors only, got device cpu; available for cpu tensors: "
                                                  r"sdpa, reference, flex$"):
@@ -329,7 +277,7 @@ def test_xformers_on_cpu_is_refused_naming_it_and_what_is_available(monkeypatch)
 
 def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     reason = "triton is not installed" if not HAS_TRITON else "on cpu ones under the Triton interpreter"
     with pytest.raises(BackendUnavailable, match=rf"attention backend 'triton' cannot run here: .*{reason}"):
         attend(*_args(tensors), plan, backend="triton")
@@ -338,21 +286,21 @@ def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch):
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_a_dtype_the_backend_does_not_take_is_refused_before_it_runs(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # available, so the dtype check is reached; nothing is launched
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     double = [t.double() for t in _args(tensors)]
     with pytest.raises(ValueError, match=r"'triton' takes float16, bfloat16, float32 tensors, got torch.float64"):
         attend(*double, plan, backend="triton")
 
 
 def test_lse_from_a_backend_without_one_is_refused_naming_those_with_it():
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     with pytest.raises(ValueError, match=r"'sdpa' does not return the log-sum-exp; use one that does "
                                          r"\(reference, flex, triton\)"):
         attend(*_args(tensors), plan, return_lse=True)
 
 
 def test_tensors_that_disagree_with_the_plan_are_refused_naming_them():
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     query, key, value = _args(tensors)
     with pytest.raises(ValueError, match=r"T = plan.num_queries = 3, got shape \[2, 4, 2, 16\]"):
         attend(query[:, :, :2], key, value, plan, backend="flex")

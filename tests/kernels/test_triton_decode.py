@@ -11,80 +11,26 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import multiprocessing
-import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
+from attention_cases import SLACK, assert_tree_nodes_match_unrolled_paths, interpreter_worker, random_case
 
 from ponder.kernels.attention import AttentionPlan, reference_attention, triton_attention
-from ponder.kernels.tree import tree_mask
 
 if importlib.util.find_spec("triton") is None:  # not importorskip: importing triton here would fix its mode
     pytest.skip("triton is not installed", allow_module_level=True)
 
-SLACK = 3  # stale positions past the longest row, never to be read
 FLOAT32 = 2e-6  # float32 kernel against the float64 reference
 
 
 @pytest.fixture(scope="module")
 def interpret():
-    """Call `fn(*args)` in a worker process whose triton runs kernels under the interpreter; returns its result.
-
-    The worker is a fresh interpreter (spawn: a fork would inherit this process's triton) started
-    with TRITON_INTERPRET=1 and one thread, as conftest gives this process; `fn` and its arguments
-    must pickle by reference to ponder (the worker need not import this file).
-    """
-    context = multiprocessing.get_context("spawn")
-    with pytest.MonkeyPatch.context() as patch, ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        patch.setenv("TRITON_INTERPRET", "1")
-        patch.setenv("OMP_NUM_THREADS", "1")
-        # the first task starts the one worker, which inherits the environment as it is now
-        assert pool.submit(os.getenv, "TRITON_INTERPRET").result(timeout=120) == "1"
-        patch.undo()
-        yield lambda fn, *args: pool.submit(fn, *args).result(timeout=300)
-
-
-def _case(batch: int, cache: int, new: int, head_dim: int, *, seed: int, heads: int = 4, kv_heads: int = 2,
-          value_dim: int | None = None, prefix: int = 0, tree: bool = True, hidden: bool = True, num_splits: int = 1):
-    """Random float32 queries and K/V with a plan of ragged lengths, hidden older positions and a random tree.
-
-    Row 0 is the longest (`cache` older positions). The query is a transposed view [B, T, Hq, D] -> [B, Hq, T, D],
-    so the kernel must honour strides.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    size = cache + new + SLACK
-    older = torch.randint(0, cache + 1, (batch,), generator=generator)
-    older[0] = cache
-    hide = None
-    if hidden:
-        position = torch.arange(size)[None, :]
-        hide = (torch.rand((batch, size), generator=generator) < 0.25) & (position < older[:, None])
-    parents = None
-    if tree:
-        parents = torch.full((batch, new), -1, dtype=torch.long)
-        for node in range(1, new):
-            parents[:, node] = torch.randint(-1, node, (batch,), generator=generator)
-    rows = None
-    if prefix:
-        rows = torch.rand(batch, generator=generator) < 0.6
-        rows[0] = True
-    plan = AttentionPlan(lengths=older + new, kv_length=size, num_queries=new, hidden=hide,
-                         tree=None if parents is None else tree_mask(parents), prefix_length=prefix,
-                         prefix_rows=rows, num_splits=num_splits)
-    value_dim = value_dim or head_dim
-
-    def draw(*shape):
-        return torch.randn(shape, generator=generator)
-
-    tensors = {"query": draw(batch, new, heads, head_dim).transpose(1, 2),
-               "key": draw(batch, kv_heads, size, head_dim), "value": draw(batch, kv_heads, size, value_dim),
-               "prefix_key": draw(1, kv_heads, prefix, head_dim) if prefix else None,
-               "prefix_value": draw(1, kv_heads, prefix, value_dim) if prefix else None}
-    return plan, tensors
+    """Call `fn(*args)` in a worker process whose triton runs kernels under the interpreter (see
+    `attention_cases.interpreter_worker`); returns its result."""
+    yield from interpreter_worker()
 
 
 def _with_splits(plan: AttentionPlan, num_splits: int) -> AttentionPlan:
@@ -125,7 +71,7 @@ def _assert_matches_reference(interpret, plan: AttentionPlan, tensors: dict) -> 
     (129, 5, 3, 16, 1),  # one chunk of three key tiles: the online softmax rescales across tiles
 ])
 def test_kernel_matches_the_reference_at_odd_sizes(interpret, cache, new, batch, head_dim, num_splits):
-    plan, tensors = _case(batch, cache, new, head_dim, seed=cache * 100 + new, num_splits=num_splits)
+    plan, tensors = random_case(batch, cache, new, head_dim, seed=cache * 100 + new, num_splits=num_splits)
     _assert_matches_reference(interpret, plan, tensors)
 
 
@@ -136,28 +82,28 @@ def test_kernel_matches_the_reference_at_odd_sizes(interpret, cache, new, batch,
 @pytest.mark.parametrize("cache", [1, 17, 129])
 def test_kernel_matches_the_reference_over_the_full_size_grid(interpret, cache, new, batch, head_dim):
     # half the grid without a tree (the causal chain), half with a shared prefix
-    plan, tensors = _case(batch, cache, new, head_dim, seed=cache * 1000 + new * 10 + batch, tree=head_dim == 16,
+    plan, tensors = random_case(batch, cache, new, head_dim, seed=cache * 1000 + new * 10 + batch, tree=head_dim == 16,
                           prefix=5 if batch == 3 else 0, num_splits=1 + cache % 3)
     _assert_matches_reference(interpret, plan, tensors)
 
 
 def test_grouped_heads_padding_and_a_value_width_of_its_own(interpret):
     # 3 query heads per key/value head times 5 queries = 15 block slots, padded to 16; Dv = 24 is padded too
-    plan, tensors = _case(2, 17, 5, 16, seed=3, heads=6, kv_heads=2, value_dim=24, num_splits=2)
+    plan, tensors = random_case(2, 17, 5, 16, seed=3, heads=6, kv_heads=2, value_dim=24, num_splits=2)
     _assert_matches_reference(interpret, plan, tensors)
-    plan, tensors = _case(2, 17, 1, 16, seed=4, heads=2, kv_heads=2)  # plain multi-head, one query
+    plan, tensors = random_case(2, 17, 1, 16, seed=4, heads=2, kv_heads=2)  # plain multi-head, one query
     _assert_matches_reference(interpret, plan, tensors)
 
 
 def test_shared_prefix_merges_with_each_rows_suffix(interpret):
-    plan, tensors = _case(3, 17, 5, 16, seed=5, prefix=7)
+    plan, tensors = random_case(3, 17, 5, 16, seed=5, prefix=7)
     plan = AttentionPlan(lengths=plan.lengths, kv_length=plan.kv_length, num_queries=5, hidden=plan.hidden,
                          tree=plan.tree, prefix_length=7, prefix_rows=torch.tensor([True, False, True]), num_splits=2)
     _assert_matches_reference(interpret, plan, tensors)
 
 
 def test_float16_inputs_return_float16_close_to_the_reference(interpret):
-    plan, tensors = _case(2, 17, 5, 16, seed=6, num_splits=2)
+    plan, tensors = random_case(2, 17, 5, 16, seed=6, num_splits=2)
     half = {name: None if t is None else t.half() for name, t in tensors.items()}
     out, lse = _kernel(interpret, plan, half)
     want_out, want_lse = _reference(plan, {name: None if t is None else t.float() for name, t in half.items()})
@@ -171,7 +117,7 @@ def test_float16_inputs_return_float16_close_to_the_reference(interpret):
 
 @pytest.mark.parametrize("cache", [1, 17, 129])
 def test_output_does_not_change_with_the_number_of_splits(interpret, cache):
-    plan, tensors = _case(3, cache, 5, 16, seed=cache, prefix=3)
+    plan, tensors = random_case(3, cache, 5, 16, seed=cache, prefix=3)
     base_out, base_lse = _kernel(interpret, plan, tensors)
     for num_splits in (2, 3, 7):  # at cache 1, 7 splits leave most chunks empty
         out, lse = _kernel(interpret, _with_splits(plan, num_splits), tensors)
@@ -181,7 +127,7 @@ def test_output_does_not_change_with_the_number_of_splits(interpret, cache):
 
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_nan_past_a_rows_length_or_in_hidden_positions_changes_nothing(interpret, num_splits):
-    plan, tensors = _case(3, 17, 5, 16, seed=2, num_splits=num_splits)
+    plan, tensors = random_case(3, 17, 5, 16, seed=2, num_splits=num_splits)
     clean_out, clean_lse = _kernel(interpret, plan, tensors)
     position = torch.arange(plan.kv_length)[None, :]
     unseen = (position >= plan.lengths[:, None]) | plan.hidden  # [B, S]
@@ -195,30 +141,8 @@ def test_nan_past_a_rows_length_or_in_hidden_positions_changes_nothing(interpret
 
 
 def test_a_tree_nodes_output_equals_attention_over_its_unrolled_path(interpret):
-    # root 0 -> {1, 2}; 1 -> {3, 4}; 2 -> 5; 4 -> 6
-    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 4]])
-    older, count = 9, parents.shape[1]
-    generator = torch.Generator().manual_seed(13)
-    query = torch.randn((1, 4, count, 16), generator=generator)
-    key = torch.randn((1, 2, older + count, 16), generator=generator)
-    value = torch.randn((1, 2, older + count, 16), generator=generator)
-    hidden = torch.zeros((1, older + count), dtype=torch.bool)
-    hidden[0, [2, 5]] = True
-    plan = AttentionPlan(lengths=torch.tensor([older + count]), kv_length=older + count, num_queries=count,
-                         hidden=hidden, tree=tree_mask(parents), num_splits=2)
-    out, lse = interpret(triton_attention, query, key, value, plan)
-    for node in range(count):
-        path = [node]
-        while int(parents[0, path[-1]]) >= 0:
-            path.append(int(parents[0, path[-1]]))
-        path.reverse()
-        # the path fed as a plain causal sequence after the same cache
-        keep = list(range(older)) + [older + n for n in path]
-        chain = AttentionPlan(lengths=torch.tensor([len(keep)]), kv_length=len(keep), num_queries=len(path),
-                              hidden=hidden[:, keep], num_splits=2)
-        path_out, path_lse = interpret(triton_attention, query[:, :, path], key[:, :, keep], value[:, :, keep], chain)
-        torch.testing.assert_close(out[:, :, node], path_out[:, :, -1], rtol=0, atol=1e-6)
-        torch.testing.assert_close(lse[:, :, node], path_lse[:, :, -1], rtol=0, atol=1e-6)
+    assert_tree_nodes_match_unrolled_paths(lambda *args: interpret(triton_attention, *args), dtype=torch.float32,
+                                           atol=1e-6, num_splits=2)
 
 
 def test_a_query_that_sees_nothing_gives_zero_and_minus_inf(interpret):
@@ -247,7 +171,7 @@ def test_a_query_that_sees_nothing_gives_zero_and_minus_inf(interpret):
 
 
 def test_kernel_rejects_bad_inputs_naming_them():
-    plan, tensors = _case(2, 5, 3, 16, seed=1)
+    plan, tensors = random_case(2, 5, 3, 16, seed=1)
     query, key, value = tensors["query"], tensors["key"], tensors["value"]
     with pytest.raises(ValueError, match=r"T = plan.num_queries = 3, got shape \[2, 4, 2, 16\]"):
         triton_attention(query[:, :, :2], key, value, plan)
@@ -266,7 +190,7 @@ def test_kernel_rejects_bad_inputs_naming_them():
 
 def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    plan, tensors = _case(1, 5, 1, 16, seed=1)
+    plan, tensors = random_case(1, 5, 1, 16, seed=1)
     with pytest.raises(ValueError, match="runs on CUDA tensors, got device cpu; set TRITON_INTERPRET=1"):
         triton_attention(tensors["query"], tensors["key"], tensors["value"], plan)
 
@@ -278,7 +202,7 @@ def test_asking_for_the_interpreter_after_triton_was_imported_without_it_is_refu
     if isinstance(tl.sum, InterpretedFunction):
         pytest.skip("this process imported triton under TRITON_INTERPRET=1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    plan, tensors = _case(1, 5, 1, 16, seed=1)
+    plan, tensors = random_case(1, 5, 1, 16, seed=1)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET is set now but was unset when triton was first imported"):
         triton_attention(tensors["query"], tensors["key"], tensors["value"], plan)
 
