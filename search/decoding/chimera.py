@@ -24,10 +24,11 @@ from ponder.errors import ConfigError
 from ponder.kernels.sampling import SamplingParams
 from ponder.search.core import Decoded, SequenceModel, StreamCallback
 from ponder.search.core.capabilities import HiddenStateDraft, HiddenStateModel, display_name
-from ponder.search.decoding.chain import LoopStart, check_draft_len, draft_and_verify, draw_draft
+from ponder.search.decoding.chain import LoopStart, check_draft_len, draw_draft
+from ponder.search.decoding.medusa import decode_on_hidden_states
 from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.speculative import accept_drafts
-from ponder.search.decoding.tree_verify import DraftTree, check_tree_width, tree_draft_and_verify
+from ponder.search.decoding.tree_verify import DraftTree, check_tree_width
 
 DEFAULT_DRAFT_LEN = 5
 
@@ -167,27 +168,12 @@ def chimera(
     draft_len = check_draft_len(draft_len)
     tree_width = check_tree_width(tree_width)
 
-    def check(box):
-        width = box["hidden"].shape[-1]
-        if width != draft.hidden_size:
-            raise ConfigError(f"Chimera draft {display_name(draft, '')!r} reads hidden size {draft.hidden_size}, "
-                              f"but {display_name(model, 'the model')!r} has {width}: a draft works only "
-                              "with the target it was trained on")
-
-    loop = dict(sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-                stats=stats)
-    with model.capturing_hidden() as box:
-        def make_chain(start: LoopStart) -> ChimeraProposer:
-            check(box)
-            return ChimeraProposer(draft, box, start, sampling, draft_len)
-
-        def make_tree(start: LoopStart) -> ChimeraTreeProposer:
-            check(box)
-            return ChimeraTreeProposer(draft, box, start, sampling, draft_len, tree_width=tree_width)
-
-        if tree_width > 1:
-            return tree_draft_and_verify(model, prompt_ids, make_tree, **loop)
-        return draft_and_verify(model, prompt_ids, make_chain, accept=accept_drafts, **loop)
-
+    return decode_on_hidden_states(
+        model, prompt_ids, draft, f"Chimera draft {display_name(draft, '')!r} reads",
+        "a draft works only with the target it was trained on",
+        lambda start, box: ChimeraProposer(draft, box, start, sampling, draft_len),
+        lambda start, box: ChimeraTreeProposer(draft, box, start, sampling, draft_len, tree_width=tree_width),
+        tree_width=tree_width, accept=accept_drafts, sampling=sampling, max_new_tokens=max_new_tokens,
+        generators=generators, stop=stop, stream=stream, stats=stats)
 
 __all__ = ["DEFAULT_DRAFT_LEN", "ChimeraProposer", "ChimeraTreeProposer", "chimera"]

@@ -15,7 +15,7 @@ high temperature, but the output is no longer distributed as plain sampling's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -171,29 +171,41 @@ def medusa(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ConfigError(f"{key} must be in (0, 1), got {value!r}")
 
-    def check(box):
-        width = box["hidden"].shape[-1]
-        if width != draft.hidden_size:
-            raise ConfigError(f"Medusa heads {display_name(draft, '')!r} read hidden size {draft.hidden_size}, "
-                              f"but {display_name(model, 'the model')!r} has {width}: heads work only "
-                              "with the target they were trained on")
+    rule = typical_rule(typical_epsilon, typical_delta) if acceptance == "typical" else accept_drafts
+    return decode_on_hidden_states(
+        model, prompt_ids, draft, f"Medusa heads {display_name(draft, '')!r} read",
+        "heads work only with the target they were trained on",
+        lambda start, box: MedusaProposer(draft, box, len(start.prompt_ids), sampling, start.generators, draft_len),
+        lambda start, box: MedusaTreeProposer(draft, box, len(start.prompt_ids), sampling, start.generators,
+                                              draft_len, tree_width=tree_width),
+        tree_width=tree_width, accept=rule, sampling=sampling, max_new_tokens=max_new_tokens, generators=generators,
+        stop=stop, stream=stream, stats=stats)
 
-    loop = dict(sampling=sampling, max_new_tokens=max_new_tokens, generators=generators, stop=stop, stream=stream,
-                stats=stats)
+
+def decode_on_hidden_states(model: HiddenStateModel, prompt_ids: Sequence[Sequence[int]], draft, subject: str,
+                            rule: str, make_chain: Callable, make_tree: Callable, *, tree_width: int, accept,
+                            **loop) -> Decoded:
+    """The loop of a drafter that reads the target's last hidden states (Medusa heads, a Chimera draft):
+    the target runs inside `capturing_hidden`, each proposer is built by make_chain(start, box) (chain
+    verification with `accept`) or, for tree_width > 1, make_tree(start, box) (tree verification), and
+    a draft whose hidden size differs from the target's is one ConfigError:
+    "{subject} hidden size H, but MODEL has W: {rule}"."""
     with model.capturing_hidden() as box:
-        def make_chain(start: LoopStart) -> MedusaProposer:
-            check(box)
-            return MedusaProposer(draft, box, len(start.prompt_ids), sampling, start.generators, draft_len)
+        def check() -> None:
+            width = box["hidden"].shape[-1]
+            if width != draft.hidden_size:
+                raise ConfigError(f"{subject} hidden size {draft.hidden_size}, but "
+                                  f"{display_name(model, 'the model')!r} has {width}: {rule}")
 
-        def make_tree(start: LoopStart) -> MedusaTreeProposer:
-            check(box)
-            return MedusaTreeProposer(draft, box, len(start.prompt_ids), sampling, start.generators, draft_len,
-                                      tree_width=tree_width)
+        def checked(make: Callable) -> Callable[[LoopStart], object]:
+            def build(start: LoopStart):
+                check()
+                return make(start, box)
+            return build
 
         if tree_width > 1:
-            return tree_draft_and_verify(model, prompt_ids, make_tree, **loop)
-        rule = typical_rule(typical_epsilon, typical_delta) if acceptance == "typical" else accept_drafts
-        return draft_and_verify(model, prompt_ids, make_chain, accept=rule, **loop)
+            return tree_draft_and_verify(model, prompt_ids, checked(make_tree), **loop)
+        return draft_and_verify(model, prompt_ids, checked(make_chain), accept=accept, **loop)
 
-
-__all__ = ["ACCEPTANCE", "MedusaProposer", "MedusaTreeProposer", "medusa", "typical_rule"]
+__all__ = ["ACCEPTANCE", "MedusaProposer", "MedusaTreeProposer", "decode_on_hidden_states", "medusa",
+           "typical_rule"]
