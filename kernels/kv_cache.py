@@ -104,6 +104,11 @@ class KVCache:
         keys = self._keys[layer]
         return 0 if keys is None else keys.shape[2]
 
+    def allocated_bytes(self) -> int:
+        """Bytes held by the allocated key and value buffers of every layer (capacity, not length)."""
+        return sum(buffer.numel() * buffer.element_size()
+                   for buffers in (self._keys, self._values) for buffer in buffers if buffer is not None)
+
     # ------------------------------------------------------------------ reads
 
     def keys(self, layer: int) -> Tensor:

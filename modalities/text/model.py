@@ -18,8 +18,11 @@ import torch
 
 from ponder.errors import InputError, ModelLoadError
 from ponder.kernels import KVCache
+from ponder.kernels.attention import DEFAULT_BACKEND, AttentionPlan
 from ponder.kernels.tree import tree_attention_bias, tree_positions
 from ponder.modalities.text.answers import extract_answer
+from ponder.modalities.text.attention import PlanContext, route
+from ponder.modalities.text.attention import check_name as check_attention
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -34,9 +37,9 @@ def _hf_cache_classes():
         is_sliding = False
         is_croppable = True
 
-        def __init__(self, store: KVCache, index: int):
+        def __init__(self, owner, index: int):
             super().__init__()
-            self.store, self.index = store, index
+            self.owner, self.index = owner, index
 
         def lazy_initialization(self, key_states, value_states):
             self.is_initialized = True
@@ -44,19 +47,19 @@ def _hf_cache_classes():
         def update(self, key_states, value_states, *args, **kwargs):
             # key_states, value_states: [B, H, T, D] -> whole stored [B, H, L+T, D]
             self.is_initialized = True
-            return self.store.append(self.index, key_states, value_states)
+            return self.owner.store.append(self.index, key_states, value_states)
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             return self.get_seq_length() + query_length, 0
 
         def get_seq_length(self) -> int:
-            return self.store.layer_length(self.index)
+            return self.owner.prefix_length + self.owner.store.layer_length(self.index)
 
         def get_max_length(self) -> int:
             return -1
 
         def reset(self) -> None:
-            self.store.reset()
+            self.owner.reset()
 
         def crop(self, tokens_to_remove: int) -> None:
             raise RuntimeError("crop a TextCache through TextCache.crop / truncate, not per layer")
@@ -71,14 +74,34 @@ def _hf_cache_classes():
         attention_mask: [B, length] 1 for real tokens, 0 for left padding; None while no row is padded.
         """
 
+        prefix_length = 0  # positions of a shared prefix kept once for all rows (PrefixTextCache)
+        share_prefix = None  # this cache copies a shared prompt into every row (blocks SharedPrefixCache)
+
         def __init__(self, num_layers: int, capacity: int = 256):
             self.store = KVCache(num_layers, capacity=capacity)
-            super().__init__(layers=[_Layer(self.store, i) for i in range(num_layers)])
+            super().__init__(layers=[_Layer(self, i) for i in range(num_layers)])
             self.attention_mask: torch.Tensor | None = None  # [B, length]
 
         @property
         def length(self) -> int:
             return self.store.length
+
+        @property
+        def batch_size(self) -> int | None:
+            return self.store.batch_size
+
+        def reset(self) -> None:
+            self.store.reset()
+            self.attention_mask = None
+
+        def allocated_bytes(self) -> int:
+            """Bytes of key / value buffers this cache holds (allocated capacity, every layer)."""
+            return self.store.allocated_bytes()
+
+        def read_bytes(self) -> int:
+            """Bytes of keys and values one attention pass over the cache hands its kernel, every layer:
+            each row's whole stored length (the prompt once per row)."""
+            return _bytes_per_position(self.store) * (self.batch_size or 0) * self.length
 
         def truncate(self, length: int) -> None:
             """Roll back to the first `length` positions (rejected draft tokens, ...)."""
@@ -90,12 +113,12 @@ def _hf_cache_classes():
             """Per-row rollback: positions marked in `hidden` [B, length] (bool) are never attended
             to again and no longer count toward later tokens' positions — a row's rejected draft
             tokens become holes, as if never fed, while other rows keep theirs (shared length)."""
-            if tuple(hidden.shape) != (self.store.batch_size, self.length):
-                raise ValueError(f"hide takes a [B, length] mask of shape {(self.store.batch_size, self.length)}, "
+            if tuple(hidden.shape) != (self.batch_size, self.length):
+                raise ValueError(f"hide takes a [B, length] mask of shape {(self.batch_size, self.length)}, "
                                  f"got {tuple(hidden.shape)}")
             mask = self.attention_mask
             if mask is None:
-                mask = torch.ones(tuple(hidden.shape), dtype=torch.long, device=self.store.keys(0).device)
+                mask = torch.ones(tuple(hidden.shape), dtype=torch.long, device=hidden.device)
             self.attention_mask = mask.masked_fill(hidden.to(mask.device), 0)
 
         def select_positions(self, start: int, index: torch.Tensor) -> None:
@@ -124,17 +147,136 @@ def _hf_cache_classes():
         def reorder_cache(self, beam_idx):
             self.reorder(beam_idx)
 
-    return TextCache
+    class PrefixTextCache(TextCache):
+        """A `TextCache` whose rows can share one copy of a prompt (cascade attention reads it once).
+
+        After `share_prefix(n)` the one prefilled row's keys / values become the shared prefix
+        (`prefix_keys[layer]`: [1, H, P, D]) and `store` holds only each of the n rows' own suffix;
+        positions still count from the prompt's start (length = P + suffix). Forking rows (`reorder`)
+        copies suffixes only. An operation that reaches into the prefix of some rows only (hiding,
+        truncating or re-selecting prompt positions) first gives every row its own copy (`unshare`),
+        so every `TextCache` operation keeps its meaning. Only ponder's attention (a model loaded
+        with an attention backend other than sdpa) reads the prefix: transformers' own never sees it.
+        """
+
+        def __init__(self, num_layers: int, capacity: int = 256, suffix_capacity: int = 16):
+            super().__init__(num_layers, capacity=capacity)
+            self.suffix_capacity = suffix_capacity
+            self.prefix_keys: list[torch.Tensor] = []  # per layer [1, H, P, D]
+            self.prefix_values: list[torch.Tensor] = []
+            self.prefix_length = 0
+            self._rows: int | None = None  # the batch size while no suffix is stored
+
+        @property
+        def length(self) -> int:
+            return self.prefix_length + self.store.length
+
+        @property
+        def batch_size(self) -> int | None:
+            return self.store.batch_size or self._rows
+
+        def share_prefix(self, rows: int) -> None:
+            """The one stored row becomes a prefix shared by `rows` rows, each with an empty suffix."""
+            if self.prefix_length or self.store.batch_size != 1 or self.attention_mask is not None:
+                raise ValueError("share_prefix needs exactly one stored, unpadded row and no shared prefix yet; "
+                                 f"this cache holds {self.batch_size} rows of {self.length} positions")
+            layers = range(self.store.num_layers)
+            self.prefix_keys = [self.store.keys(layer).clone() for layer in layers]  # [1, H, P, D] each
+            self.prefix_values = [self.store.values(layer).clone() for layer in layers]
+            self.prefix_length = self.store.length
+            self.store = KVCache(self.store.num_layers, capacity=self.suffix_capacity)
+            self._rows = int(rows)
+
+        def unshare(self) -> None:
+            """Give every row its own copy of the prefix (a plain `TextCache` layout from here on)."""
+            if not self.prefix_length:
+                return
+            rows, length = self.batch_size, self.length
+            store = KVCache(self.store.num_layers, capacity=max(length, 256))
+            for layer in range(store.num_layers):
+                pieces_k = [self.prefix_keys[layer].expand(rows, -1, -1, -1)]
+                pieces_v = [self.prefix_values[layer].expand(rows, -1, -1, -1)]
+                if self.store.layer_length(layer):
+                    pieces_k.append(self.store.keys(layer))
+                    pieces_v.append(self.store.values(layer))
+                store.append(layer, torch.cat(pieces_k, dim=2), torch.cat(pieces_v, dim=2))
+            self.store, self.prefix_keys, self.prefix_values, self.prefix_length = store, [], [], 0
+
+        def reset(self) -> None:
+            super().reset()
+            self.prefix_keys, self.prefix_values, self.prefix_length, self._rows = [], [], 0, None
+
+        def allocated_bytes(self) -> int:
+            prefix = sum(t.numel() * t.element_size() for t in self.prefix_keys + self.prefix_values)
+            return prefix + self.store.allocated_bytes()
+
+        def read_bytes(self) -> int:
+            """The prefix once for all rows, plus each row's own suffix."""
+            if not self.prefix_length:
+                return super().read_bytes()
+            per_position = sum(t[0, :, 0].numel() * t.element_size() for t in self.prefix_keys + self.prefix_values)
+            return per_position * (self.prefix_length + (self.batch_size or 0) * self.store.length)
+
+        def truncate(self, length: int) -> None:
+            if length < self.prefix_length:
+                self.unshare()
+                return super().truncate(length)
+            self.store.truncate(length - self.prefix_length)
+            if self.attention_mask is not None:
+                self.attention_mask = self.attention_mask[:, :length]
+
+        def hide(self, hidden: torch.Tensor) -> None:
+            if self.prefix_length and bool(hidden[:, :self.prefix_length].any()):
+                self.unshare()
+            super().hide(hidden)
+
+        def select_positions(self, start: int, index: torch.Tensor) -> None:
+            if start < self.prefix_length:
+                self.unshare()
+                return super().select_positions(start, index)
+            with torch.inference_mode():
+                self.store.select_positions(start - self.prefix_length, index)
+            if self.attention_mask is not None:
+                mask = self.attention_mask
+                moved = mask.gather(1, start + index.to(mask.device))  # [B, N]
+                self.attention_mask = torch.cat([mask[:, :start], moved], dim=1)
+
+        def reorder(self, index: torch.Tensor) -> None:
+            """Keep / duplicate rows: only their suffixes are copied, the prefix stays one copy."""
+            super().reorder(index)
+            self._rows = int(index.shape[0])
+
+    return TextCache, PrefixTextCache
 
 
-_TEXT_CACHE = None
+def _bytes_per_position(store: KVCache) -> int:
+    """Bytes one position of one row occupies in `store`'s keys and values, all layers together."""
+    total = 0
+    for layer in range(store.num_layers):
+        if store.layer_length(layer):
+            keys = store.keys(layer)  # [B, H, L, D]
+            total += 2 * keys.shape[1] * keys.shape[3] * keys.element_size()
+    return total
+
+
+_CACHE_CLASSES = None
+
+
+def _cache_classes():
+    global _CACHE_CLASSES
+    if _CACHE_CLASSES is None:
+        _CACHE_CLASSES = _hf_cache_classes()
+    return _CACHE_CLASSES
 
 
 def text_cache_class():
-    global _TEXT_CACHE
-    if _TEXT_CACHE is None:
-        _TEXT_CACHE = _hf_cache_classes()
-    return _TEXT_CACHE
+    """`TextCache`: ponder's KV cache bridged into transformers' `Cache` (every row stores its prompt)."""
+    return _cache_classes()[0]
+
+
+def prefix_cache_class():
+    """`PrefixTextCache`: a `TextCache` whose rows can share one copy of their prompt."""
+    return _cache_classes()[1]
 
 
 class TextModel:
@@ -146,7 +288,8 @@ class TextModel:
 
     modality = "text"
 
-    def __init__(self, model, tokenizer, name: str = "model", card: dict | None = None):
+    def __init__(self, model, tokenizer, name: str = "model", card: dict | None = None,
+                 attention: str = "sdpa"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -172,17 +315,23 @@ class TextModel:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # the attention backend every forward runs (see ponder.modalities.text.attention); "sdpa" is
+        # transformers' own path, any other routes through ponder's plan and shares a prompt's keys
+        self.attention = route(model, attention, self.device)
 
     # ---- loading -------------------------------------------------------------------------------
 
     @classmethod
     def from_folder(cls, path: str | Path, *, trust_remote_code: bool = False, dtype: str | None = None,
-                    device: str = "cpu", name: str | None = None) -> TextModel:
+                    device: str = "cpu", name: str | None = None, attention: str = "sdpa") -> TextModel:
         """Load a causal LM and tokenizer saved with `save_pretrained` (safetensors only, offline).
 
         dtype: "float32" | "bfloat16" | "float16" | None (None: float32 on CPU, the saved dtype
         elsewhere — CPUs are slow or inexact in half precision).
+        attention: the attention backend (`ponder.kernels.attention.BACKENDS`): "sdpa" (default,
+        transformers' own), "reference", "flex", "triton", "xformers" (ponder's plan path).
         """
+        check_attention(attention)
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         folder = Path(path).expanduser()
@@ -215,7 +364,7 @@ class TextModel:
             raise ModelLoadError(f"cannot load a causal LM from {str(folder)!r}: {err}") from err
         card_file = folder / "card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-        return cls(model, tokenizer, name=name or folder.name, card=card)
+        return cls(model, tokenizer, name=name or folder.name, card=card, attention=attention)
 
     # ---- SequenceModel -------------------------------------------------------------------------
 
@@ -241,7 +390,10 @@ class TextModel:
         return extract_answer(output)
 
     def new_cache(self, capacity: int = 256):
-        return text_cache_class()(self.num_layers, capacity=capacity)
+        """An empty cache; under ponder's attention one whose rows can share their prompt's keys."""
+        if self.attention == DEFAULT_BACKEND:
+            return text_cache_class()(self.num_layers, capacity=capacity)
+        return prefix_cache_class()(self.num_layers, capacity=capacity)
 
     def check_length(self, prompt_len: int, max_new_tokens: int) -> None:
         """InputError when prompt + new tokens would exceed the model's context."""
@@ -305,16 +457,33 @@ class TextModel:
                 full = torch.ones((b, length + t), dtype=torch.long, device=self.device)
             # [B, 1, T, L+T]: padding of the past, tree structure among the new tokens
             mask = tree_attention_bias(full[:, :length], tree_mask.to(self.device), self.dtype)
-        logits = self._logits(ids, mask, positions, cache)
+        if self.attention == DEFAULT_BACKEND:
+            logits = self._logits(ids, mask, positions, cache)
+        else:
+            logits = self._logits(ids, None, positions, cache, ponder_plan=self._plan(cache, full, tree_mask, b, t))
         if full is not None and bool((full == 0).any()):
             cache.attention_mask = full
         return logits
 
-    def _logits(self, ids: torch.Tensor, mask, positions: torch.Tensor, cache) -> torch.Tensor:
+    def _plan(self, cache, full: torch.Tensor | None, tree_mask: torch.Tensor | None, rows: int,
+              count: int) -> PlanContext:
+        """What ponder's attention sees in this forward: the shared prefix (all of it, for every row),
+        each row's suffix with its padding and rolled-back positions hidden, the tree among the new
+        tokens. full: [B, L+T] 1 = real, or None (nothing hidden)."""
+        start = cache.prefix_length
+        size = cache.length - start + count  # the suffix after this forward's append
+        hidden = None if full is None else (full[:, start:] == 0)  # [B, S]
+        plan = AttentionPlan(lengths=torch.full((rows,), size, dtype=torch.long, device=self.device),
+                             kv_length=size, num_queries=count, hidden=hidden,
+                             tree=None if tree_mask is None else tree_mask.to(self.device), prefix_length=start)
+        return PlanContext(plan, self.attention, cache.prefix_keys, cache.prefix_values)
+
+    def _logits(self, ids: torch.Tensor, mask, positions: torch.Tensor, cache, **attention) -> torch.Tensor:
         """One forward of the wrapped model: float32 logits [B, T, V] (adapters that embed their
-        inputs differently, e.g. Janus image tokens, override this and keep the masks and positions)."""
+        inputs differently, e.g. Janus image tokens, override this and keep the masks and positions).
+        attention: ``ponder_plan=`` under ponder's attention (passed down to every layer)."""
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kwarg: cache})
+                         **{self._cache_kwarg: cache}, **attention)
         return out.logits.float()
 
     # ---- what self-speculative decoders need ---------------------------------------------------

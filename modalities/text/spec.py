@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ponder.modalities.registry import ModalitySpec, ZooEntry
+from ponder.modalities.registry import ModalitySpec, Option, ZooEntry
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 _TRAIN = "ponder.modalities.text.train"
@@ -25,6 +25,12 @@ def _load_verifier(spec: str, *, model=None, **options):
     from ponder.modalities.text.verifiers import load_verifier
 
     return load_verifier(spec, model=model, **options)
+
+
+def _attention(value):
+    from ponder.modalities.text.attention import check_name
+
+    return check_name(value)
 
 
 def _arith_task(*, split: str, count: int, seed: int = 0, template: str = "Q") -> list[dict]:
@@ -53,6 +59,11 @@ SPEC = ModalitySpec(
     default_verifier="exact",
     ensemble=("orm", "prm"),
     load_verifier=_load_verifier,
+    options=(
+        Option("attention", "attention backend: sdpa (default: transformers' own) | reference | flex | triton | "
+               "xformers (ponder's attention plan; rows of one prompt share its keys)", metavar="NAME",
+               check=_attention),
+    ),
     examples=("Q: 58+36-7*2\n", "Q: 12+7*3\n", "Q: 9*9-40\n"),
     option_hint="{beam_width: 2} or {draft: zoo:arith-draft}",
     zoo=(

@@ -40,6 +40,7 @@ __all__ = [
     "PaddedModel",
     "RowImageModel",
     "RowRollbackCache",
+    "SharedPrefixCache",
     "SteppedModel",
     "TokenizedModel",
     "TreeCache",
@@ -190,6 +191,14 @@ class RowRollbackCache(Protocol):
     numbers of draft tokens."""
 
     def hide(self, hidden: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class SharedPrefixCache(Protocol):
+    """Keeps one copy of a prompt for many rows: `share_prefix(n)` turns the one prefilled row into a
+    prefix that n rows read (cascade attention), so candidates of one prompt fork without copying it."""
+
+    def share_prefix(self, rows: int) -> None: ...
 
 
 @runtime_checkable

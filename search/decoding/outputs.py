@@ -13,6 +13,7 @@ import torch
 
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
+from ponder.search.core.capabilities import SharedPrefixCache
 
 StopFn = Callable[[int, list[int]], bool]  # (row, new tokens so far) -> stop this row now?
 
@@ -25,7 +26,10 @@ def prefill_shared(model: SequenceModel, prompt_ids: Sequence[Sequence[int]], ca
     first = list(prompt_ids[0])
     if len(prompt_ids) > 1 and all(list(p) == first for p in prompt_ids[1:]):
         logits = model.prefill([first], cache)  # [1, V]
-        cache.reorder(torch.zeros(len(prompt_ids), dtype=torch.long))  # every row reads the one prefill
+        if isinstance(cache, SharedPrefixCache):
+            cache.share_prefix(len(prompt_ids))  # every row reads the one copy
+        else:
+            cache.reorder(torch.zeros(len(prompt_ids), dtype=torch.long))  # every row gets a copy of the one prefill
         return logits.expand(len(prompt_ids), -1).contiguous()  # [B, V]
     return model.prefill(prompt_ids, cache)
 

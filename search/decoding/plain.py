@@ -53,17 +53,32 @@ def plain(
         cache = model.new_cache()
         logits = prefill_shared(model, prompt_ids, cache)  # [B, V]
         compute.model_calls += 1
-        while True:
-            next_tok = sample_from_logits(logits, sampling, generators)  # [B]
-            token_logp = torch.log_softmax(logits, dim=-1).gather(1, next_tok[:, None])[:, 0]  # [B]
-            tok_list, logp_list = next_tok.tolist(), token_logp.tolist()
-            for row in sorted(out.active):
-                out.emit(row, tok_list[row], logp_list[row])  # EOS / stop / max_new_tokens end the row
-            if not out.active:
-                return out.decoded()
-            # finished rows keep riding along (their tokens are ignored): the batch shape stays fixed
-            logits = model.forward(next_tok[:, None], cache)[:, -1]  # [B, V]
-            compute.model_calls += 1
+        sample_rows(model, cache, logits, out, sampling, generators)
+        return out.decoded()
 
 
-__all__ = ["StopFn", "plain", "prefill_shared"]
+def sample_rows(model: SequenceModel, cache, logits: torch.Tensor, out: RowOutputs, sampling: SamplingParams,
+                generators: list[torch.Generator] | None) -> list[list[bool]]:
+    """Plain decoding's loop: from next-token logits [B, V], sample, emit and feed until no row of
+    `out` is active (model calls are added to `out.compute`).
+
+    Finished rows keep riding along (their tokens are ignored), so the batch shape stays fixed.
+    Returns, for each forward fed, which rows' fed token was a real one: a row's last emitted token
+    is fed (or not) with the riders, so it counts as not real and the cache holds, per row, its
+    tokens but the last (what a step search resumes from).
+    """
+    real_tokens: list[list[bool]] = []
+    while True:
+        next_tok = sample_from_logits(logits, sampling, generators)  # [B]
+        token_logp = torch.log_softmax(logits, dim=-1).gather(1, next_tok[:, None])[:, 0]  # [B]
+        tok_list, logp_list = next_tok.tolist(), token_logp.tolist()
+        for row in sorted(out.active):
+            out.emit(row, tok_list[row], logp_list[row])  # EOS / stop / max_new_tokens end the row
+        if not out.active:
+            return real_tokens
+        real_tokens.append([row in out.active for row in range(len(tok_list))])
+        logits = model.forward(next_tok[:, None], cache)[:, -1]  # [B, V]
+        out.compute.model_calls += 1
+
+
+__all__ = ["StopFn", "plain", "prefill_shared", "sample_rows"]

@@ -35,7 +35,7 @@ def top_open(scored: list[Scored], keep: int):
 
 def beam_search(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,
                 beam_width: int = 4, max_steps: int | None = None, abstain_below: float | None = None,
-                trace: bool = False, **options) -> Result:
+                trace: bool = False, fork_cache: bool = True, **options) -> Result:
     """PRM-guided step-level beam search.
 
     Args:
@@ -44,6 +44,8 @@ def beam_search(model, prompt: Any, verifier: Verifier | None = None, *, n: int,
         max_steps: most rounds (default: bounded by max_new_tokens).
         abstain_below: return best=None when the best score is below this.
         trace: record every round's scores and kept partials in ``config["trace"]``.
+        fork_cache: keep each partial's cache row across rounds (plain decoding) instead of re-prefilling
+            prompt + partial every round; the same outputs up to float rounding.
         options: decoding options (decoder, draft, sampling, max_new_tokens, stop, step_end,
             max_step_tokens).
     """
@@ -51,7 +53,7 @@ def beam_search(model, prompt: Any, verifier: Verifier | None = None, *, n: int,
     keep = check_beams(n, beam_width, "beam")
     compute = Compute()
     with compute.timed():
-        stepper = Stepper(model, prompt, seed=seed, compute=compute, **options)
+        stepper = Stepper(model, prompt, seed=seed, compute=compute, fork_cache=fork_cache, **options)
         candidates, extra = step_search(stepper, verifier, n=n, beam_width=beam_width,
                                         select=lambda scored: top_open(scored, keep), max_steps=max_steps,
                                         enough=n, trace=trace)

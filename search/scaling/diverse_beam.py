@@ -47,7 +47,8 @@ def diverse_select(scored: list[Scored], *, groups: int, per_group: int, diversi
 
 def diverse_beam(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,
                  beam_width: int = 2, groups: int = 2, diversity: float = 0.5, max_steps: int | None = None,
-                 abstain_below: float | None = None, trace: bool = False, **options) -> Result:
+                 abstain_below: float | None = None, trace: bool = False, fork_cache: bool = True,
+                 **options) -> Result:
     """Diverse beam search: `groups` groups, penalty `diversity` (>= 0); other options as for
     `beam_search`. ``n / beam_width`` must be a multiple of `groups`."""
     verifier = require_process_verifier(verifier, "diverse-beam")
@@ -61,7 +62,7 @@ def diverse_beam(model, prompt: Any, verifier: Verifier | None = None, *, n: int
         raise ConfigError(f"diversity must be >= 0, got {diversity!r}")
     compute = Compute()
     with compute.timed():
-        stepper = Stepper(model, prompt, seed=seed, compute=compute, **options)
+        stepper = Stepper(model, prompt, seed=seed, compute=compute, fork_cache=fork_cache, **options)
 
         def last_step(p):
             start = p.bounds[-2] if len(p.bounds) > 1 else 0

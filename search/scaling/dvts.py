@@ -28,7 +28,7 @@ from ponder.search.scaling.steps import (
 
 def dvts(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0, beam_width: int = 4,
          max_steps: int | None = None, abstain_below: float | None = None, trace: bool = False,
-         **options) -> Result:
+         fork_cache: bool = True, **options) -> Result:
     """DVTS with ``n / beam_width`` subtrees; options as for `beam_search`."""
     verifier = require_process_verifier(verifier, "dvts")
     subtrees = check_beams(n, beam_width, "dvts")
@@ -52,7 +52,7 @@ def dvts(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: 
 
     compute = Compute()
     with compute.timed():
-        stepper = Stepper(model, prompt, seed=seed, compute=compute, **options)
+        stepper = Stepper(model, prompt, seed=seed, compute=compute, fork_cache=fork_cache, **options)
         candidates, extra = step_search(stepper, verifier, n=n, beam_width=beam_width, select=select,
                                         max_steps=max_steps, trace=trace)
     for c in candidates:

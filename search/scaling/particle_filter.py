@@ -133,7 +133,8 @@ def _reference_prefix(reference: Partial, steps: int) -> Partial:
 def particle_filter(model, prompt: Any, verifier: Verifier | None = None, *, n: int, seed: int = 0,
                     weight_temperature: float = 0.1, resampling: str = "systematic", ess_threshold: float = 0.5,
                     gibbs_iterations: int = 1, select: str = "weight", max_steps: int | None = None,
-                    answer_fn: Callable | None = None, abstain_below: float | None = None, **options) -> Result:
+                    answer_fn: Callable | None = None, abstain_below: float | None = None, fork_cache: bool = True,
+                    **options) -> Result:
     """Particle filtering with `n` particles.
 
     Args:
@@ -146,6 +147,8 @@ def particle_filter(model, prompt: Any, verifier: Verifier | None = None, *, n: 
         max_steps: most rounds per sweep.
         answer_fn: for select="vote" (default: the model's extract_answer).
         abstain_below: return best=None when the best particle's score is below this.
+        fork_cache: keep each partial's cache row across rounds (plain decoding) instead of re-prefilling
+            prompt + partial every round; the same outputs up to float rounding.
         options: decoding options (decoder, draft, sampling, max_new_tokens, stop, step_end, max_step_tokens).
     """
     verifier = require_process_verifier(verifier, "particles")
@@ -154,7 +157,7 @@ def particle_filter(model, prompt: Any, verifier: Verifier | None = None, *, n: 
     compute = Compute()
     stats = {"resamples": 0}
     with compute.timed():
-        stepper = Stepper(model, prompt, seed=seed, compute=compute, **options)
+        stepper = Stepper(model, prompt, seed=seed, compute=compute, fork_cache=fork_cache, **options)
         rounds = max_rounds(stepper, max_steps)
         generator = make_generators(generator_seed(seed, -1), [0])[0]  # resampling draws
         reference = None

@@ -1,10 +1,16 @@
 """Step-level search machinery shared by beam search, DVTS, diverse beam search and particle filtering.
 
 A *step* is one unit a process verifier scores (for text: one line). A `Partial` is one unfinished
-or finished output; `extend` advances a set of partials by one step each, as one batched decode of
-``prompt + partial`` (each row re-prefills its prefix: simple, exact, and cheap next to the step's
-decode on short tasks). Row j of round r draws from its own generator seeded from
-``(generator_seed(seed, r), j)``, so a run is reproducible and batch-size independent.
+or finished output; `extend` advances a set of partials by one step each, as one batched decode.
+Row j of round r draws from its own generator seeded from ``(generator_seed(seed, r), j)``, so a
+run is reproducible and batch-size independent.
+
+Forked caches (plain decoding, a cache that hides rows' positions): the cache of a round is kept,
+each open partial remembering its row. The next round forks it (`reorder` by the partials' rows:
+survivors duplicated, the dropped gone) and feeds each row only its pending last token, instead of
+re-prefilling prompt + partial — the positions a finished row fed while riding along are hidden.
+Outputs equal the re-prefill path's up to float rounding. Any other decoder, or a partial without a
+row in the last round's cache (a fresh or hand-made partial), re-prefills ``prompt + partial``.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import torch
 
 from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams, generator_seed, make_generators
-from ponder.search.core import Candidate, Compute, ProcessVerifier, Verifier
-from ponder.search.core.capabilities import LengthChecked, SteppedModel, display_name
+from ponder.search.core import Candidate, Compute, Decoded, ProcessVerifier, Verifier
+from ponder.search.core.capabilities import LengthChecked, RowRollbackCache, SteppedModel, device_of, display_name
 from ponder.search.scaling.common import check_n, checked_sampling, decoder_name
 
 StepEnd = Callable[[list[int]], bool]  # (token ids of the step so far) -> has the step ended?
@@ -36,6 +42,7 @@ class Partial:
     origin: int = 0  # the slot of the round-0 ancestor (its lineage)
     meta: dict = field(default_factory=dict)  # strategy notes, copied into the candidate's meta
     final_score: float | None = None  # the verifier's score once done (a finished output never changes)
+    cache_row: tuple[int, int] | None = None  # (round, row): the Stepper's cache of that round holds it
 
     def copy(self) -> Partial:
         return replace(self, ids=list(self.ids), bounds=list(self.bounds), meta=dict(self.meta))
@@ -92,8 +99,8 @@ class Stepper:
     def __init__(self, model, prompt: Any, *, seed: int, compute: Compute, decoder: str | Callable = "plain",
                  draft=None, sampling: SamplingParams | None = None, max_new_tokens: int = 64,
                  max_step_tokens: int | None = None, stop: Callable | None = None,
-                 step_end: StepEnd | None = None, stream=None, **decoder_options):
-        from ponder.search.decoding import get_decoder
+                 step_end: StepEnd | None = None, stream=None, fork_cache: bool = True, **decoder_options):
+        from ponder.search.decoding import get_decoder, plain
 
         check_int("max_new_tokens", max_new_tokens)
         self.model, self.prompt, self.seed, self.compute = model, prompt, seed, compute
@@ -107,6 +114,12 @@ class Stepper:
         if isinstance(model, LengthChecked):
             model.check_length(len(self.prompt_ids), max_new_tokens)
         self.rounds = 0
+        if not isinstance(fork_cache, bool):
+            raise ConfigError(f"fork_cache must be true or false, got {fork_cache!r}")
+        # keep each partial's cache row across rounds (plain decoding only: other decoders own their caches)
+        self.fork_cache = (fork_cache and self.decode_fn is plain and draft is None and not decoder_options
+                           and isinstance(model.new_cache(), RowRollbackCache))
+        self._cache, self._cache_id = None, 0  # the last forked decode's cache, and its number
 
     def extend(self, partials: Sequence[Partial]) -> list[Partial]:
         """Each unfinished partial advanced by one step (finished ones returned as they are)."""
@@ -127,10 +140,14 @@ class Stepper:
             # a row's whole output is bounded by max_new_tokens, whatever the others' budgets
             return len(histories[row]) + len(tokens) >= self.max_new_tokens or self.step_end(tokens)
 
-        decoded = self.decode_fn(
-            self.model, [self.prompt_ids + out[i].ids for i in rows], sampling=self.sampling,
-            max_new_tokens=max(1, budget), generators=make_generators(round_seed, rows), stop=stop,
-            stream=None, draft=self.draft, **self.decoder_options)
+        generators = make_generators(round_seed, rows)
+        if self.fork_cache:
+            decoded = self._decode_forked(out, rows, max(1, budget), stop, generators)
+        else:
+            decoded = self.decode_fn(
+                self.model, [self.prompt_ids + out[i].ids for i in rows], sampling=self.sampling,
+                max_new_tokens=max(1, budget), generators=generators, stop=stop,
+                stream=None, draft=self.draft, **self.decoder_options)
         self.compute.add_work(decoded.compute)
         for row, i in enumerate(rows):
             p = out[i]
@@ -143,6 +160,40 @@ class Stepper:
             elif len(p.ids) >= self.max_new_tokens:
                 p.done, p.reason = True, "length"
         return out
+
+    def _decode_forked(self, out: list[Partial], rows: list[int], budget: int, stop, generators) -> Decoded:
+        """Plain decoding of one step for partials `out[i]`, i in `rows`, resuming the last round's
+        cache when every one of them has a row there (else prefilling prompt + partial)."""
+        from ponder.search.decoding.outputs import RowOutputs, prefill_shared
+        from ponder.search.decoding.plain import sample_rows
+
+        model, compute = self.model, Compute()
+        with compute.timed():
+            result = RowOutputs(len(rows), eos=model.eos_token_ids, max_new_tokens=budget, stop=stop,
+                                stream=None, compute=compute)
+            kept = [out[i].cache_row for i in rows]
+            if self._cache is not None and all(k is not None and k[0] == self._cache_id for k in kept):
+                cache = self._cache
+                cache.reorder(torch.tensor([k[1] for k in kept], dtype=torch.long))  # fork: [B]
+                pending = torch.tensor([[out[i].ids[-1]] for i in rows], dtype=torch.long,
+                                       device=device_of(model))  # [B, 1]: each row's last token, not yet fed
+                logits = model.forward(pending, cache)[:, -1]  # [B, V]
+                real = [[True] * len(rows)]
+            else:
+                cache = model.new_cache()
+                logits = prefill_shared(model, [self.prompt_ids + out[i].ids for i in rows], cache)  # [B, V]
+                real = []
+            compute.model_calls += 1
+            real += sample_rows(model, cache, logits, result, self.sampling, generators)
+            if real and not all(all(r) for r in real):  # riders' positions: never seen again
+                fed = torch.tensor(real, dtype=torch.bool).T  # [B, forwards]
+                hidden = torch.zeros((len(rows), cache.length), dtype=torch.bool)
+                hidden[:, cache.length - fed.shape[1]:] = ~fed
+                cache.hide(hidden.to(device_of(model) or hidden.device))
+            self._cache, self._cache_id = cache, self._cache_id + 1
+            for row, i in enumerate(rows):
+                out[i].cache_row = (self._cache_id, row)
+        return result.decoded()
 
     def texts(self, partials: Sequence[Partial]) -> list[Any]:
         return [self.model.decode(p.ids) for p in partials]
@@ -174,6 +225,7 @@ class Stepper:
             "draft": display_name(self.draft, None), "verifier": display_name(verifier, None),
             "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p},
             "max_new_tokens": self.max_new_tokens, "decoder_options": dict(self.decoder_options),
+            "fork_cache": self.fork_cache,
             "rounds": self.rounds, **extra}
 
 
