@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run; figures are noisier)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--plot", type=Path, default=None, help="write the PNGs the bench draws here")
+    bench.add_argument("--device", default=None, metavar="DEVICE",
+                       help="run a bench's device mode, e.g. --device cuda (`kernels` only)")
 
     render = sub.add_parser("render", help="render a batch job (prompts x seeds x strategies); resumable")
     render.add_argument("job", type=Path, help="job file: YAML (defaults, matrix, items) or JSONL (one item a line)")
@@ -348,7 +350,7 @@ def cmd_bench(args) -> int:
             print(f"{name:<16} {spec.summary}")
         return 0
     names = args.names or list(bench.benches())
-    reports = [bench.run(name, quick=args.quick, plot_dir=args.plot) for name in names]
+    reports = [bench.run(name, quick=args.quick, plot_dir=args.plot, device=args.device) for name in names]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))
     else:

@@ -4,6 +4,7 @@ they are measured by the bench, on whatever machine runs it)."""
 import json
 
 import pytest
+import torch
 
 from ponder.cli import main
 
@@ -209,3 +210,42 @@ def test_speculative_bench_runs_chimera_and_the_pycode_workload(monkeypatch, tmp
     assert len({r["tokens"] for r in sides.values()}) == 1  # greedy: every side emits the same continuation
     assert sides["prompt-lookup"]["tokens_per_target_call"] > 1.0
     assert set(results) == {("pycode", 0.0, d) for d in keep}
+
+
+def test_kernels_bench_measures_both_paths_in_one_run(monkeypatch):
+    """best-of-N through today's path and the cascade cache: the ratios are those of the two caches
+    measured here, the cascade one allocates and reads far less, and the samples are the same."""
+    from ponder.bench import kernels
+
+    monkeypatch.setattr(kernels, "CANDIDATES", 8)
+    monkeypatch.setattr(kernels, "NEW_TOKENS", 6)
+    rows, goals = kernels._best_of_64("arith", "zoo:arith", lambda m: kernels._arith_prompt(m, 120), 1)
+    (row,) = rows
+    assert row["prompt_tokens"] == 120 and row["ideal"] == pytest.approx(8 * 126 / (120 + 8 * 6), rel=1e-3)
+    assert row["alloc_ratio"] == pytest.approx(row["today_alloc_MiB"] / row["cascade_alloc_MiB"], rel=1e-2)
+    assert row["alloc_ratio"] > 3 and row["read_ratio"] > 3 and row["paged_ratio"] > 2
+    assert row["same_samples"] == 1.0
+    assert {g["name"].split(": ")[1] for g in goals} >= {"best-of-64 wall time cascade / today"}
+
+
+def test_kernel_bandwidth_and_cascade_speedup_run_on_any_device():
+    from ponder.bench.kernels import cascade_speedup, kernel_bandwidth
+
+    rows = kernel_bandwidth("cpu", contexts=[64, 100], batches=[1, 3], backends=("sdpa", "reference", "xformers"),
+                            heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, repeats=1)
+    measured = [r for r in rows if "GB_s" in r]
+    assert {(r["backend"], r["context"], r["batch"]) for r in measured} == {
+        (b, c, n) for b in ("sdpa", "reference") for c in (64, 100) for n in (1, 3)}
+    assert all(r["GB_s"] > 0 and 0 < r["fraction_of_copy_bw"] for r in measured)
+    assert all("note" in r for r in rows if r["backend"] == "xformers")
+    result = cascade_speedup("cpu", rows=4, prefix=64, suffix=8, backend="reference", heads=4, kv_heads=2,
+                             head_dim=16, dtype=torch.float32, repeats=1)
+    assert result["speedup"] > 0
+
+
+def test_bench_device_mode_is_refused_clearly(capsys):
+    assert main(["bench", "text-overhead", "--device", "cuda"]) == 2
+    assert "takes no --device; --device is for: kernels" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "kernels", "--device", "cuda"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err

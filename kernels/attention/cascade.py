@@ -45,7 +45,8 @@ def cascade_attention(query: Tensor, key: Tensor, value: Tensor, plan: Attention
         ValueError: when a tensor's shape disagrees with the plan or with the other tensors.
     """
     check_attention_inputs(query, key, value, plan, prefix_key, prefix_value)
-    suffix = split_state(query, key, value, plan.suffix_mask()[:, None], plan.num_splits, scale)  # [B, Hq, T, Dv]
+    mask = None if plan.sees_whole_suffix else plan.suffix_mask()[:, None]  # [B, 1, T, S]
+    suffix = split_state(query, key, value, mask, plan.num_splits, scale)  # [B, Hq, T, Dv]
     if plan.prefix_length == 0:
         return suffix[0].to(query.dtype), suffix[1]
     batch, heads, count, head_dim = query.shape

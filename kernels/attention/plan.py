@@ -70,6 +70,7 @@ class AttentionPlan:
         object.__setattr__(self, "num_splits", _count(self.num_splits, "num_splits", 1))
         size, count = self.kv_length, self.num_queries
         low, high = int(lengths.min()), int(lengths.max())
+        object.__setattr__(self, "_shortest", low)
         if low < count or high > size:
             raise ValueError(f"lengths must be in [num_queries, kv_length] = [{count}, {size}] (the new tokens are "
                              f"the last num_queries valid positions), got values in [{low}, {high}]")
@@ -104,6 +105,12 @@ class AttentionPlan:
         if self.prefix_rows is None:
             return torch.ones(self.batch, dtype=torch.bool, device=self.lengths.device)
         return self.prefix_rows
+
+    @property
+    def sees_whole_suffix(self) -> bool:
+        """Whether every query sees every suffix position (one new token per row, no row shorter than
+        kv_length, nothing hidden): attention then needs no suffix mask at all."""
+        return self.num_queries == 1 and self.hidden is None and self._shortest == self.kv_length
 
     def suffix_mask(self) -> Tensor:
         """Which suffix positions each query sees: bool [B, T, S] (True = attend)."""

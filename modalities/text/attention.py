@@ -23,6 +23,7 @@ import torch
 
 from ponder.errors import ConfigError
 from ponder.kernels.attention import BACKENDS, DEFAULT_BACKEND, AttentionPlan, attend, get_backend
+from ponder.kernels.attention.recycled import RecycledAttention
 
 IMPLEMENTATION = "ponder"  # the name ponder's attention is registered under in transformers
 
@@ -41,6 +42,7 @@ class PlanContext:
     backend: str
     prefix_keys: list[torch.Tensor]
     prefix_values: list[torch.Tensor]
+    recycled: RecycledAttention | None = None  # Recycled Attention's state (replaces the backend), or None
 
     def prefix(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.plan.prefix_length == 0:
@@ -62,8 +64,12 @@ def ponder_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
     prefix_key, prefix_value = context.prefix(module.layer_idx)
-    out = attend(query, key, value, context.plan, prefix_key, prefix_value, backend=context.backend,
-                 scale=scaling)  # [B, Hq, T, Dv]
+    if context.recycled is not None:
+        out = context.recycled.attend(module.layer_idx, query, key, value, context.plan, prefix_key, prefix_value,
+                                      scale=scaling)  # [B, Hq, T, Dv]
+    else:
+        out = attend(query, key, value, context.plan, prefix_key, prefix_value, backend=context.backend,
+                     scale=scaling)  # [B, Hq, T, Dv]
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -102,6 +108,13 @@ def _not_routable(model) -> str | None:
     return None
 
 
+def routable(model) -> None:
+    """ConfigError unless `model`'s attention can route through transformers' registry."""
+    why = _not_routable(model)
+    if why is not None:
+        raise ConfigError(f"ponder's attention cannot run in this model: {why}")
+
+
 def route(model, name: str, device: torch.device) -> str:
     """Switch transformers `model` to ponder's attention with backend `name`; returns the backend used.
 
@@ -128,4 +141,4 @@ def route(model, name: str, device: torch.device) -> str:
     return name
 
 
-__all__ = ["IMPLEMENTATION", "PlanContext", "check_name", "ponder_attention", "register", "route"]
+__all__ = ["IMPLEMENTATION", "PlanContext", "check_name", "ponder_attention", "register", "routable", "route"]

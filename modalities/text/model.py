@@ -19,9 +19,11 @@ import torch
 from ponder.errors import InputError, ModelLoadError
 from ponder.kernels import KVCache
 from ponder.kernels.attention import DEFAULT_BACKEND, AttentionPlan
+from ponder.kernels.attention.recycled import RecycledAttention
 from ponder.kernels.tree import tree_attention_bias, tree_positions
 from ponder.modalities.text.answers import extract_answer
-from ponder.modalities.text.attention import PlanContext, route
+from ponder.modalities.text.attention import IMPLEMENTATION as ATTENTION_IMPLEMENTATION
+from ponder.modalities.text.attention import PlanContext, register, routable, route
 from ponder.modalities.text.attention import check_name as check_attention
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -75,6 +77,8 @@ def _hf_cache_classes():
         """
 
         prefix_length = 0  # positions of a shared prefix kept once for all rows (PrefixTextCache)
+        prefix_keys: tuple = ()  # per layer [1, H, P, D] when a prefix is shared
+        prefix_values: tuple = ()
         share_prefix = None  # this cache copies a shared prompt into every row (blocks SharedPrefixCache)
 
         def __init__(self, num_layers: int, capacity: int = 256):
@@ -318,6 +322,7 @@ class TextModel:
         # the attention backend every forward runs (see ponder.modalities.text.attention); "sdpa" is
         # transformers' own path, any other routes through ponder's plan and shares a prompt's keys
         self.attention = route(model, attention, self.device)
+        self._recycled = None  # Recycled Attention's state inside `recycling`
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -457,12 +462,14 @@ class TextModel:
                 full = torch.ones((b, length + t), dtype=torch.long, device=self.device)
             # [B, 1, T, L+T]: padding of the past, tree structure among the new tokens
             mask = tree_attention_bias(full[:, :length], tree_mask.to(self.device), self.dtype)
-        if self.attention == DEFAULT_BACKEND:
+        if self.attention == DEFAULT_BACKEND and self._recycled is None:
             logits = self._logits(ids, mask, positions, cache)
         else:
+            if self._recycled is not None:
+                self._recycled.advance()
             logits = self._logits(ids, None, positions, cache, ponder_plan=self._plan(cache, full, tree_mask, b, t))
-        if full is not None and bool((full == 0).any()):
-            cache.attention_mask = full
+        if full is not None:  # the mask grows with the cache; all ones (e.g. after a reorder) is no mask
+            cache.attention_mask = full if bool((full == 0).any()) else None
         return logits
 
     def _plan(self, cache, full: torch.Tensor | None, tree_mask: torch.Tensor | None, rows: int,
@@ -476,7 +483,7 @@ class TextModel:
         plan = AttentionPlan(lengths=torch.full((rows,), size, dtype=torch.long, device=self.device),
                              kv_length=size, num_queries=count, hidden=hidden,
                              tree=None if tree_mask is None else tree_mask.to(self.device), prefix_length=start)
-        return PlanContext(plan, self.attention, cache.prefix_keys, cache.prefix_values)
+        return PlanContext(plan, self.attention, cache.prefix_keys, cache.prefix_values, recycled=self._recycled)
 
     def _logits(self, ids: torch.Tensor, mask, positions: torch.Tensor, cache, **attention) -> torch.Tensor:
         """One forward of the wrapped model: float32 logits [B, T, V] (adapters that embed their
@@ -485,6 +492,33 @@ class TextModel:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **{self._cache_kwarg: cache}, **attention)
         return out.logits.float()
+
+    # ---- Recycled Attention ----------------------------------------------------------------------
+
+    @contextmanager
+    def recycling(self, *, stride: int, top_k: int, dense_layers: int = 0) -> Iterator[RecycledAttention]:
+        """Inside the block, forwards attend by Recycled Attention (`ponder.kernels.attention.recycled`):
+        full attention every `stride` forwards, in between only the `top_k` positions per key/value
+        head the last full step favoured plus the tokens since; the first `dense_layers` layers always
+        attend in full. Lossy. A model on transformers' sdpa
+        switches to ponder's attention for the block (same numbers on full steps)."""
+        if self._recycled is not None:
+            raise RuntimeError("recycling blocks do not nest")
+        state = RecycledAttention(self.num_layers, stride=stride, top_k=top_k, backend=self.attention,
+                                  dense_layers=dense_layers)
+        switched = self.attention == DEFAULT_BACKEND
+        previous = self.model.config._attn_implementation
+        if switched:
+            routable(self.model)
+            register()
+            self.model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+        self._recycled = state
+        try:
+            yield state
+        finally:
+            self._recycled = None
+            if switched:
+                self.model.set_attn_implementation(previous)
 
     # ---- what self-speculative decoders need ---------------------------------------------------
 

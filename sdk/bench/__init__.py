@@ -18,7 +18,8 @@ from ponder.errors import ConfigError
 @dataclass(frozen=True)
 class BenchSpec:
     summary: str
-    run: Callable[..., dict]  # (quick: bool, plot_dir: Path | None) -> {"rows": [...], "goals": [...]}
+    run: Callable[..., dict]  # (quick: bool, plot_dir: Path | None[, device]) -> {"rows": [...], "goals": [...]}
+    takes_device: bool = False  # run also takes device= (`ponder bench NAME --device cuda`)
 
 
 def _text_overhead(**kw):
@@ -51,6 +52,12 @@ def _speculative(**kw):
     return run(**kw)
 
 
+def _kernels(**kw):
+    from ponder.bench.kernels import run
+
+    return run(**kw)
+
+
 def _images(**kw):
     from ponder.bench.images import run
 
@@ -77,6 +84,11 @@ BENCHES: dict[str, BenchSpec] = {
                              "lookup on zoo:arith (goals: >= 2.0x plain at T=0, >= 1.3x HF assisted; chain "
                              "decoders' efficiency over their bare calls >= 0.9; sampled plain >= 0.95x HF generate)",
                              _speculative),
+    "kernels": BenchSpec("shared-prefix (cascade) KV vs today's per-row copy for best-of-64 on arith (P=200) and "
+                         "pycode (P=1500): KV bytes allocated / read per step (goal >= 90% of ideal), wall <= 0.7x; "
+                         "beam / particles with forked caches vs best-of-16 (goal <= 1.5x); Recycled Attention's "
+                         "speed and agreement; --device cuda: kernel bandwidth and cascade speedup", _kernels,
+                         takes_device=True),
     "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
                         "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
     "images-ditto": BenchSpec("zoo:digits DITTO / DITTO-2 noise optimisation (classifier log-prob) vs plain sampling "
@@ -117,11 +129,18 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def run(name: str, quick: bool = False, plot_dir: Path | None = None) -> dict:
+def run(name: str, quick: bool = False, plot_dir: Path | None = None, device: str | None = None) -> dict:
     table = benches()
     if name not in table:
         raise ConfigError(f"unknown bench {name!r}; available: {', '.join(table)}")
-    out = table[name].run(quick=quick, plot_dir=plot_dir)
+    extra = {}
+    if device is not None:
+        if not table[name].takes_device:
+            takers = [n for n, spec in table.items() if spec.takes_device]
+            raise ConfigError(f"bench {name!r} runs on the CPU only and takes no --device; "
+                              f"--device is for: {', '.join(takers)}")
+        extra["device"] = device
+    out = table[name].run(quick=quick, plot_dir=plot_dir, **extra)
     return {"bench": name, "machine": machine(), "rows": out["rows"], "goals": out["goals"]}
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "OnDevice",
     "OutputEncoder",
     "PaddedModel",
+    "RecyclingModel",
     "RowImageModel",
     "RowRollbackCache",
     "SharedPrefixCache",
@@ -101,6 +102,15 @@ class LengthChecked(Protocol):
     """Refuses, before any decoding, a prompt + budget longer than its context (an InputError)."""
 
     def check_length(self, prompt_len: int, max_new_tokens: int) -> None: ...
+
+
+@runtime_checkable
+class RecyclingModel(Protocol):
+    """Runs Recycled Attention inside `recycling(stride=, top_k=)`: full attention every `stride`
+    forwards, in between only the `top_k` positions the last full step attended most (lossy); the
+    first `dense_layers` layers always attend in full."""
+
+    def recycling(self, *, stride: int, top_k: int, dense_layers: int = 0) -> AbstractContextManager: ...
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from ponder.search.decoding.mc_sjd import mc_sjd
 from ponder.search.decoding.medusa import medusa
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
+from ponder.search.decoding.recycled import recycled
 from ponder.search.decoding.rsd import rsd
 from ponder.search.decoding.sjd import sjd
 from ponder.search.decoding.spec_adaptive import spec_adaptive
@@ -57,10 +58,11 @@ DECODERS: dict[str, Callable] = {
     "bild": bild,
     "ead": ead,
     "auto": auto,
+    "recycled": recycled,
 }
 
 # decoders whose output is NOT distributed as plain sampling's (refused under lossless=True / --lossless)
-LOSSY: frozenset[str] = frozenset({"bild", "ead"})
+LOSSY: frozenset[str] = frozenset({"bild", "ead", "recycled"})
 # lossless decoders that become lossy under an option value: decoder -> (option, lossy value)
 LOSSY_OPTIONS: dict[str, tuple[str, str]] = {"medusa": ("acceptance", "typical")}
 
@@ -78,5 +80,5 @@ def get_decoder(name: str) -> Callable:
 
 
 __all__ = ["DECODERS", "LOSSY", "LOSSY_OPTIONS", "aded", "auto", "bild", "chimera", "dyspec", "ead", "get_decoder",
-           "is_lossy", "jacobi", "layer_skip", "mc_sjd", "medusa", "plain", "prompt_lookup", "rsd", "sjd",
+           "is_lossy", "jacobi", "layer_skip", "mc_sjd", "medusa", "plain", "prompt_lookup", "recycled", "rsd", "sjd",
            "spec_adaptive", "spectr", "speculative", "tree"]

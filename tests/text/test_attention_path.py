@@ -199,3 +199,42 @@ def _help(capsys) -> str:
     with pytest.raises(SystemExit):
         main(["generate", "text", "--help"])
     return capsys.readouterr().out
+
+
+def test_recycled_attention_is_exact_when_it_keeps_everything_and_lossy_otherwise(arith):
+    today, planned = arith
+    prompt = today.encode(PROMPT)
+    greedy = SamplingParams(temperature=0.0)
+    base = get_decoder("plain")(today, [prompt] * 2, sampling=greedy, max_new_tokens=24).tokens
+    for model in arith:
+        kept_all = get_decoder("recycled")(model, [prompt] * 2, sampling=greedy, max_new_tokens=24, stride=4,
+                                           top_k=1000, dense_layers=0).tokens
+        always_full = get_decoder("recycled")(model, [prompt] * 2, sampling=greedy, max_new_tokens=24, stride=1,
+                                              top_k=1).tokens
+        assert kept_all == base and always_full == base
+    assert today.model.config._attn_implementation == "sdpa"  # the block switched it back
+    with today.recycling(stride=4, top_k=2, dense_layers=0) as state:
+        cache = today.new_cache()
+        today.prefill([prompt], cache)
+        for token in (5, 6, 7):
+            today.forward(torch.tensor([[token]]), cache)
+    assert (state.steps, state.full_steps) == (4, 1) and state.kept_fraction() < 0.5
+    assert "recycled" in DECODERS and ponder.search.decoding.is_lossy("recycled")
+
+
+def test_recycled_attention_refuses_what_it_cannot_do(arith):
+    today, _ = arith
+    prompt = today.encode(PROMPT)
+    greedy = SamplingParams(temperature=0.0)
+    with pytest.raises(ConfigError, match="top_k"):
+        get_decoder("recycled")(today, [prompt], sampling=greedy, max_new_tokens=4, top_k=0)
+    with pytest.raises(ConfigError, match="takes no draft"):
+        get_decoder("recycled")(today, [prompt], sampling=greedy, max_new_tokens=4, draft=today)
+
+    class Bare:
+        name = "bare"
+
+    with pytest.raises(ConfigError, match="needs a model that runs Recycled Attention"):
+        get_decoder("recycled")(Bare(), [prompt], sampling=greedy, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="lossy"):
+        ponder.generate(today, PROMPT, decoder="recycled", lossless=True, max_new_tokens=4)
