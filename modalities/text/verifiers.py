@@ -81,6 +81,14 @@ def _batch(tokenizer, prompt: str, outputs: Sequence[str]):
     return ids, mask, [e[1] for e in encoded]
 
 
+def _distinct(outputs: Sequence[str]) -> tuple[list[str], list[int]]:
+    """(each distinct output once, in first-seen order; where each output's copy is): step searches
+    hand the verifier many identical partials (beams duplicated, steps sampled alike), scored once."""
+    first: dict[str, int] = {}
+    where = [first.setdefault(out, len(first)) for out in outputs]
+    return list(first), where
+
+
 class OutcomeVerifier:
     """A learned outcome verifier (ORM): sigmoid of a sequence-classification logit."""
 
@@ -97,8 +105,10 @@ class OutcomeVerifier:
     def score(self, prompt: str, outputs: Sequence[str]) -> torch.Tensor:
         if not outputs:
             return torch.zeros(0)
-        ids, mask, _ = _batch(self.tokenizer, prompt, outputs)
-        return torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float())  # [N]
+        distinct, where = _distinct(outputs)
+        ids, mask, _ = _batch(self.tokenizer, prompt, distinct)
+        scores = torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float())  # [N']
+        return scores[torch.tensor(where)]  # [N]
 
 
 class ProcessVerifier:
@@ -123,9 +133,11 @@ class ProcessVerifier:
         """Per output, the score of every non-empty line (step) it contains."""
         if not outputs:
             return []
-        ids, mask, ends = _batch(self.tokenizer, prompt, outputs)
-        probs = torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float())  # [N, T]
-        return [probs[i, e].tolist() for i, e in enumerate(ends)]
+        distinct, where = _distinct(outputs)
+        ids, mask, ends = _batch(self.tokenizer, prompt, distinct)
+        probs = torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float())  # [N', T]
+        scores = [probs[i, e].tolist() for i, e in enumerate(ends)]
+        return [list(scores[i]) for i in where]
 
     def step_scores(self, prompt: str, output: str) -> list[float]:
         return self.step_scores_batch(prompt, [output])[0]

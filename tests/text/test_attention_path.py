@@ -238,3 +238,21 @@ def test_recycled_attention_refuses_what_it_cannot_do(arith):
         get_decoder("recycled")(Bare(), [prompt], sampling=greedy, max_new_tokens=4)
     with pytest.raises(ConfigError, match="lossy"):
         ponder.generate(today, PROMPT, decoder="recycled", lossless=True, max_new_tokens=4)
+
+
+def test_learned_verifiers_score_each_distinct_output_once_with_the_same_scores(arith, monkeypatch):
+    import ponder.modalities.text.verifiers as verifiers
+
+    today, _ = arith
+    outputs = ["58+36=94\n", "7*2=14\n94-14=80\n", "58+36=94\n", "7*2=15\n", "7*2=14\n94-14=80\n"]
+    for name in ("prm", "orm"):
+        verifier = ponder.load_verifier("text", name, model=today)
+        alone = torch.cat([verifier.score(PROMPT, [out]) for out in outputs])
+        batches = []
+        original = verifier.model.forward
+        monkeypatch.setattr(verifier.model, "forward",
+                            lambda *a, **k: batches.append(k["input_ids"].shape[0]) or original(*a, **k))
+        together = verifier.score(PROMPT, outputs)
+        monkeypatch.undo()
+        torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+        assert batches == [3]  # three distinct outputs, one forward
