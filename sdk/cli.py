@@ -204,8 +204,9 @@ def _add_generate(sub) -> None:
         opts.add_argument(flag, type=kind, default=None, help=text)
     opts.add_argument("--calibrate", type=int, default=None, metavar="M",
                       help="score by the verifier's quantile among M of the model's own samples (InfAlign)")
-    opts.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                      help="any other strategy option (VALUE read as YAML: 3, 0.5, true, [1, 2], {1: beam})")
+    opts.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="any other strategy or decoder option, one or more per flag (VALUE read as YAML: "
+                           "3, 0.5, true, [1, 2], {1: beam})")
     gen.add_argument("--trust-remote-code", action="store_true", help="allow custom model code in the folder")
     gen.add_argument("--out", type=Path, default=None, help="write result.json and candidate files here")
     gen.add_argument("--json", action="store_true", help="print the result as one JSON object")

@@ -248,7 +248,7 @@ def _recycled(count: int, stride: int = 8, top_k: int = 256, dense_layers: int =
         reference = plain(no_eos, [ids], sampling=greedy, max_new_tokens=new_tokens).tokens[0]
         full_s += time.perf_counter() - start
         start = time.perf_counter()
-        recycled(no_eos, [ids], sampling=greedy, max_new_tokens=new_tokens, stride=stride, top_k=top_k,
+        recycled(no_eos, [ids], sampling=greedy, max_new_tokens=new_tokens, stride=stride, keep=top_k,
                  dense_layers=dense_layers)
         recycled_s += time.perf_counter() - start
         # teacher forcing: both fed the full-attention tokens; does Recycled Attention pick the same next one?
@@ -266,7 +266,7 @@ def _recycled(count: int, stride: int = 8, top_k: int = 256, dense_layers: int =
     error = math.sqrt(rate * (1 - rate) / len(agree))
     speed = full_s / recycled_s
     rows = [{"part": "recycled attention", "prompts": count, "prompt_tokens": len(prompts[0]),
-             "new_tokens": new_tokens, "stride": stride, "top_k": top_k, "dense_layers": dense_layers,
+             "new_tokens": new_tokens, "stride": stride, "keep": top_k, "dense_layers": dense_layers,
              "full_s": round(full_s, 3), "recycled_s": round(recycled_s, 3), "speed_ratio": round(speed, 3),
              "top1_agreement": round(rate, 4), "agreement_se": round(error, 4),
              "kept_fraction": round(sum(kept) / max(1, len(kept)), 4)}]

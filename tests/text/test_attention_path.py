@@ -208,9 +208,9 @@ def test_recycled_attention_is_exact_when_it_keeps_everything_and_lossy_otherwis
     base = get_decoder("plain")(today, [prompt] * 2, sampling=greedy, max_new_tokens=24).tokens
     for model in arith:
         kept_all = get_decoder("recycled")(model, [prompt] * 2, sampling=greedy, max_new_tokens=24, stride=4,
-                                           top_k=1000, dense_layers=0).tokens
+                                           keep=1000, dense_layers=0).tokens
         always_full = get_decoder("recycled")(model, [prompt] * 2, sampling=greedy, max_new_tokens=24, stride=1,
-                                              top_k=1).tokens
+                                              keep=1).tokens
         assert kept_all == base and always_full == base
     assert today.model.config._attn_implementation == "sdpa"  # the block switched it back
     with today.recycling(stride=4, top_k=2, dense_layers=0) as state:
@@ -226,8 +226,8 @@ def test_recycled_attention_refuses_what_it_cannot_do(arith):
     today, _ = arith
     prompt = today.encode(PROMPT)
     greedy = SamplingParams(temperature=0.0)
-    with pytest.raises(ConfigError, match="top_k"):
-        get_decoder("recycled")(today, [prompt], sampling=greedy, max_new_tokens=4, top_k=0)
+    with pytest.raises(ConfigError, match="keep"):
+        get_decoder("recycled")(today, [prompt], sampling=greedy, max_new_tokens=4, keep=0)
     with pytest.raises(ConfigError, match="takes no draft"):
         get_decoder("recycled")(today, [prompt], sampling=greedy, max_new_tokens=4, draft=today)
 
@@ -241,17 +241,18 @@ def test_recycled_attention_refuses_what_it_cannot_do(arith):
 
 
 def test_learned_verifiers_score_each_distinct_output_once_with_the_same_scores(arith, monkeypatch):
-    import ponder.modalities.text.verifiers as verifiers
-
     today, _ = arith
     outputs = ["58+36=94\n", "7*2=14\n94-14=80\n", "58+36=94\n", "7*2=15\n", "7*2=14\n94-14=80\n"]
     for name in ("prm", "orm"):
         verifier = ponder.load_verifier("text", name, model=today)
         alone = torch.cat([verifier.score(PROMPT, [out]) for out in outputs])
         batches = []
-        original = verifier.model.forward
-        monkeypatch.setattr(verifier.model, "forward",
-                            lambda *a, **k: batches.append(k["input_ids"].shape[0]) or original(*a, **k))
+
+        def counting(*args, batches=batches, original=verifier.model.forward, **kwargs):
+            batches.append(kwargs["input_ids"].shape[0])
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(verifier.model, "forward", counting)
         together = verifier.score(PROMPT, outputs)
         monkeypatch.undo()
         torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
