@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ponder.errors import ConfigError, check_int
+from ponder.jobs.fingerprint import item_fingerprint
 from ponder.jobs.spec import Item, Job
 from ponder.jobs.store import OutputDir
 from ponder.jobs.worker import Outcome, Worker
@@ -67,8 +68,10 @@ def plan(job: Job, out: str | Path) -> tuple[list[Item], list[Item]]:
     folder = OutputDir(out)
     entries = folder.read_manifest()
     todo, done = [], []
+    memo: dict[str, str] = {}
     for item in job.items:
-        (done if folder.is_done(entries.get(item.id), item.config_hash) else todo).append(item)
+        weights = item_fingerprint(item, memo)
+        (done if folder.is_done(entries.get(item.id), item.config_hash, weights) else todo).append(item)
     return todo, done
 
 
@@ -159,7 +162,10 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
     summary = Summary(job=job.name, out=str(out), backend=backend, total=len(job))
     with OutputDir(out) as folder:
         entries = folder.read_manifest()
-        todo = [item for item in job.items if not folder.is_done(entries.get(item.id), item.config_hash)]
+        memo: dict[str, str] = {}
+        weights = {item.id: item_fingerprint(item, memo) for item in job.items}
+        todo = [item for item in job.items
+                if not folder.is_done(entries.get(item.id), item.config_hash, weights[item.id])]
         summary.skipped = len(job) - len(todo)
         todo = _grouped(todo)
         by_id = {item.id: item for item in todo}
@@ -173,7 +179,7 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         bar = _progress(len(job), summary.skipped, progress, stream)
         try:
             for outcome in outcomes:
-                _record(folder, by_id[outcome.id], outcome, retries, summary)
+                _record(folder, by_id[outcome.id], outcome, retries, summary, weights[outcome.id])
                 bar.update(1)
                 if summary.failed:
                     bar.set_postfix(failed=summary.failed, refresh=False)
@@ -193,9 +199,11 @@ def _progress(total: int, initial: int, enabled: bool, stream: TextIO):
                 smoothing=0.1)
 
 
-def _record(folder: OutputDir, item: Item, outcome: Outcome, retries: int, summary: Summary) -> None:
-    """Write an outcome's files (retrying a failed write), then its manifest line."""
-    entry = {"id": item.id, "config_hash": item.config_hash, "attempts": outcome.attempts,
+def _record(folder: OutputDir, item: Item, outcome: Outcome, retries: int, summary: Summary,
+            weights: str | None = None) -> None:
+    """Write an outcome's files (retrying a failed write), then its manifest line (with the item's
+    weights fingerprint)."""
+    entry = {"id": item.id, "config_hash": item.config_hash, "weights": weights, "attempts": outcome.attempts,
              "compute": {**outcome.compute, "seconds": round(outcome.seconds, 6)} if outcome.files is not None
              else {}, "files": {}, "status": "failed", "error": outcome.error}
     if outcome.files is not None:

@@ -148,9 +148,14 @@ class OutputDir:
         finally:
             os.close(fd)
 
-    def is_done(self, entry: dict | None, config_hash: str) -> bool:
-        """Whether `entry` records this config as done and its files are all present."""
+    def is_done(self, entry: dict | None, config_hash: str, weights: str | None = None) -> bool:
+        """Whether `entry` records this config as done, with these weights, and its files are all present.
+
+        weights: the item's weights fingerprint (`ponder.jobs.fingerprint`); an entry written before
+        fingerprints existed (no ``weights`` key) counts as done whatever it is."""
         if not entry or entry.get("status") != "done" or entry.get("config_hash") != config_hash:
+            return False
+        if "weights" in entry and entry["weights"] != weights:
             return False
         for name, info in entry.get("files", {}).items():
             path = self.root / name

@@ -1,0 +1,124 @@
+"""Weight fingerprints: resume re-renders an item whose model, draft or verifier weights changed.
+
+Rule: an item's fingerprint is sha256 over the fingerprints of every folder its specs resolve to —
+the model, a ``draft`` option, each verifier part — where a spec resolves when it is ``zoo:NAME`` (or
+a bare zoo name, as ``--verifier prm``) with built weights, or a local folder. A folder's fingerprint
+is sha256 over its files' relative paths and contents (every regular file, sorted), so replacing
+weights under the same name changes it, and copying or touching the files does not. Specs that name
+no folder (``exact``, ``self``) add nothing; an item with no folder at all has no fingerprint.
+
+Contents are hashed once per (path, size, mtime) and remembered in ``$PONDER_HOME/fingerprints.json``
+(default ``~/.cache/ponder``), so a resumed job of large models does not re-read their weights.
+
+The manifest records the fingerprint beside the config hash; a line written before fingerprints
+existed (no ``weights`` key) still counts as done for the same config hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ponder.jobs.spec import Item
+
+_CACHE_NAME = "fingerprints.json"
+
+
+def _cache_path() -> Path:
+    return Path(os.environ.get("PONDER_HOME") or Path.home() / ".cache" / "ponder") / _CACHE_NAME
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(cache, sort_keys=True))
+        os.replace(temp, path)
+    except OSError:
+        pass  # a read-only home only costs re-hashing next time
+
+
+def _file_digest(path: Path, cache: dict) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        cache[key] = digest.hexdigest()
+    return cache[key]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """sha256 over `folder`'s files (relative paths and contents), hidden files and caches excluded."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts))
+    cache = _read_cache()
+    before = dict(cache)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_digest(path, cache)}\n".encode())
+    if cache != before:
+        _write_cache(cache)
+    return digest.hexdigest()
+
+
+def spec_folder(spec: str) -> Path | None:
+    """The folder a model / draft / verifier spec names: a local folder, or a built zoo entry."""
+    from ponder import zoo
+    from ponder.errors import ZooError
+
+    if Path(spec).expanduser().is_dir():
+        return Path(spec).expanduser()
+    try:
+        entry = zoo.entry(spec)
+        return entry.weights() if entry.root is not None and entry.built else None
+    except ZooError:
+        return None
+
+
+def _specs(item: Item) -> list[str]:
+    specs = [item.model]
+    draft = item.options.get("draft")
+    if isinstance(draft, str):
+        specs.append(draft)
+    if item.verifier:
+        from ponder.modalities import registry
+        from ponder.request import verifier_parts
+
+        specs += verifier_parts(registry.get(item.modality), item.verifier)
+    return specs
+
+
+def item_fingerprint(item: Item, memo: dict[str, str] | None = None) -> str | None:
+    """The item's weights fingerprint (see the module docstring), or None when no spec names a folder.
+
+    memo: folder -> fingerprint, shared by the items of one job run so each folder is walked once."""
+    memo = {} if memo is None else memo
+    parts = []
+    for spec in _specs(item):
+        folder = spec_folder(spec)
+        if folder is None:
+            continue
+        key = str(folder.resolve())
+        if key not in memo:
+            memo[key] = folder_fingerprint(folder)
+        parts.append(f"{spec}={memo[key]}")
+    if not parts:
+        return None
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+__all__ = ["folder_fingerprint", "item_fingerprint", "spec_folder"]
