@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ponder.errors import ConfigError, check_int
+from ponder.jobs.costs import CostTable, format_seconds
 from ponder.jobs.fingerprint import item_fingerprint
 from ponder.jobs.spec import Item, Job
 from ponder.jobs.store import OutputDir
@@ -82,8 +83,11 @@ def plan_dict(job: Job, out: str | Path) -> dict:
     models: dict[str, int] = {}
     for item in job.items:
         models[f"{item.modality}:{item.model}"] = models.get(f"{item.modality}:{item.model}", 0) + 1
+    seconds, unknown = CostTable.load().estimate(todo)
+    estimate = {"seconds": None if unknown and not seconds else round(seconds, 1), "unpredicted": unknown}
     return {"job": job.name, "source": job.source, "out": str(out), "items": len(job), "to_render": len(todo),
             "already_done": len(done), "candidates": sum(item.n for item in todo), "models": models,
+            "estimate": estimate,
             "plan": [{**item.spec(), "config_hash": item.config_hash, "done": item.id in done_ids}
                      for item in job.items]}
 
@@ -103,6 +107,14 @@ def format_plan(plan: dict, limit: int = 50) -> str:
     models = ", ".join(f"{name} ({count})" for name, count in plan["models"].items())
     lines.append(f"{plan['job']}: {plan['items']} items ({plan['to_render']} to render, {plan['already_done']} "
                  f"already done in {plan['out']}), {plan['candidates']} candidates to generate; models: {models}")
+    estimate = plan.get("estimate") or {}
+    unknown = ", ".join(g.replace("|", " ") for g in estimate.get("unpredicted", []))
+    if estimate.get("seconds") is not None:
+        line = f"estimated time on this machine: {format_seconds(estimate['seconds'])} (one worker; cost model)"
+        lines.append(line + (f"; not estimated, never rendered here: {unknown}" if unknown else ""))
+    elif plan["to_render"]:
+        lines.append(f"no time estimate: nothing like these items was rendered on this machine yet ({unknown}); "
+                     "the cost model fits itself as the job runs")
     return "\n".join(lines)
 
 
@@ -177,19 +189,36 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         else:
             outcomes = local_outcomes(todo, retries, threads=threads)
         bar = _progress(len(job), summary.skipped, progress, stream)
+        costs = CostTable.load()
+        remaining = dict(by_id)
         try:
             for outcome in outcomes:
-                _record(folder, by_id[outcome.id], outcome, retries, summary, weights[outcome.id])
+                item = by_id[outcome.id]
+                _record(folder, item, outcome, retries, summary, weights[outcome.id])
+                remaining.pop(outcome.id, None)
+                if outcome.files is not None:
+                    costs.observe(item, int(outcome.compute.get("tokens", 0)), outcome.seconds)
                 bar.update(1)
-                if summary.failed:
-                    bar.set_postfix(failed=summary.failed, refresh=False)
+                bar.set_postfix_str(_eta(costs, list(remaining.values()), workers or 1, summary.failed), refresh=False)
         finally:
+            costs.save()
             bar.close()
             close = getattr(outcomes, "close", None)
             if close is not None:
                 close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _eta(costs: CostTable, remaining: list[Item], workers: int, failed: int) -> str:
+    """The progress bar's note: the cost model's time left (items spread over `workers`), failures."""
+    parts = []
+    seconds, unknown = costs.estimate(remaining)
+    if remaining and not unknown:
+        parts.append(f"eta {format_seconds(seconds / workers)} (cost model)")
+    if failed:
+        parts.append(f"failed={failed}")
+    return ", ".join(parts)
 
 
 def _progress(total: int, initial: int, enabled: bool, stream: TextIO):

@@ -24,3 +24,12 @@ def write_job(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def ponder_home(tmp_path_factory, monkeypatch) -> Path:
+    """Each job test keeps ponder's per-machine state (cost model, weight fingerprints) in its own
+    folder beside its tmp_path, never in the real ~/.cache/ponder."""
+    home = tmp_path_factory.mktemp("ponder-home")
+    monkeypatch.setenv("PONDER_HOME", str(home))
+    return home

@@ -16,8 +16,7 @@ from ponder.jobs.fingerprint import folder_fingerprint, item_fingerprint
 
 
 @pytest.fixture
-def model_copy(tiny_model_folders, tmp_path, monkeypatch):
-    monkeypatch.setenv("PONDER_HOME", str(tmp_path / "home"))
+def model_copy(tiny_model_folders, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_folders["llama"], folder)
     return folder
@@ -62,12 +61,12 @@ def test_a_manifest_line_without_a_fingerprint_still_counts_as_done(model_copy, 
     assert run_job(_job(model_copy), out, threads=1, progress=False).skipped == 2
 
 
-def test_fingerprints_follow_contents_and_every_named_folder(model_copy, tmp_path):
+def test_fingerprints_follow_contents_and_every_named_folder(model_copy, tmp_path, ponder_home):
     first = folder_fingerprint(model_copy)
     copy = tmp_path / "elsewhere"
     shutil.copytree(model_copy, copy)
     assert folder_fingerprint(copy) == first  # a copy has the same weights
-    assert (tmp_path / "home" / "fingerprints.json").is_file()  # contents hashed once, remembered
+    assert (ponder_home / "fingerprints.json").is_file()  # contents hashed once, remembered
     job = parse_job({"defaults": {"modality": "text", "model": str(model_copy)},
                      "items": [{"id": "a", "prompt": "Q: 1+2\n", "verifier": "exact"},
                                {"id": "b", "prompt": "Q: 1+2\n", "verifier": "prm"},

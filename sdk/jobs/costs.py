@@ -1,0 +1,143 @@
+"""A job's expected time from an idealized-runtime cost model fitted on this machine's own items.
+
+Rule (Narayanan et al. 2023, *Cheaply Evaluating Inference Efficiency Metrics for Autoregressive
+Transformer APIs*: runtime as a fitted function of prompt and output size on the hardware): the
+seconds one item takes are fitted by least squares as
+
+    seconds = a + b * (candidates x prompt characters) + c * (tokens generated)
+
+over the items already rendered of the same (modality, model, strategy, decoder) on this machine
+(prompt size in characters: the driver that plans a job holds no tokenizer). An item not yet
+rendered is predicted with its tokens = candidates x the tokens per candidate seen so far. With
+fewer than 3 observations the prediction is their mean seconds per item; with none, nothing is
+estimated. Observations are kept (the last 500 per group) in ``$PONDER_HOME/costs.json`` (default
+``~/.cache/ponder``), one table per machine, so `ponder render --dry-run` can estimate a job before
+it runs, and the progress bar's ETA uses the model while the job runs (refitted after every item).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from ponder.jobs.spec import Item
+
+KEEP = 500  # observations kept per group
+_FILE = "costs.json"
+
+
+def machine() -> str:
+    """This machine as the cost table's key: CPU model and core count (and the GPU when torch sees one)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def group(item: Item) -> str:
+    return f"{item.modality}|{item.model}|{item.strategy}|{item.decoder}"
+
+
+def _path() -> Path:
+    return Path(os.environ.get("PONDER_HOME") or Path.home() / ".cache" / "ponder") / _FILE
+
+
+class CostTable:
+    """The observations of this machine, by group; `predict` fits each group's model on demand."""
+
+    def __init__(self, observations: dict[str, list[list[float]]] | None = None):
+        self.observations = observations or {}  # group -> [[prompt_size, tokens, candidates, seconds], ...]
+        self._fits: dict[str, tuple | None] = {}
+
+    @classmethod
+    def load(cls) -> CostTable:
+        try:
+            table = json.loads(_path().read_text()).get(machine(), {})
+        except (OSError, ValueError, AttributeError):
+            table = {}
+        return cls({k: v for k, v in table.items() if isinstance(v, list)})
+
+    def save(self) -> None:
+        """Write this machine's table back (atomically; other machines' tables kept)."""
+        path = _path()
+        try:
+            everything = json.loads(path.read_text())
+            if not isinstance(everything, dict):
+                everything = {}
+        except (OSError, ValueError):
+            everything = {}
+        everything[machine()] = self.observations
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temp.write_text(json.dumps(everything))
+            os.replace(temp, path)
+        except OSError:
+            pass  # a read-only home only loses the estimate next time
+
+    def observe(self, item: Item, tokens: int, seconds: float) -> None:
+        rows = self.observations.setdefault(group(item), [])
+        rows.append([item.n * len(item.prompt), float(tokens), float(item.n), float(seconds)])
+        del rows[:-KEEP]
+        self._fits.pop(group(item), None)
+
+    def count(self, item: Item) -> int:
+        return len(self.observations.get(group(item), []))
+
+    def _fit(self, key: str):
+        if key not in self._fits:
+            rows = self.observations.get(key, [])
+            if not rows:
+                self._fits[key] = None
+            else:
+                import numpy as np
+
+                data = np.asarray(rows, dtype=float)  # [K, 4]
+                per_candidate = data[:, 1].sum() / max(data[:, 2].sum(), 1.0)
+                if len(rows) < 3:
+                    self._fits[key] = (None, float(data[:, 3].mean()), per_candidate)
+                else:
+                    design = np.column_stack([np.ones(len(rows)), data[:, 0], data[:, 1]])
+                    coef = np.linalg.lstsq(design, data[:, 3], rcond=None)[0]
+                    self._fits[key] = (coef, float(data[:, 3].mean()), per_candidate)
+        return self._fits[key]
+
+    def predict(self, item: Item) -> float | None:
+        """Expected seconds of `item` here, or None when its group has no observation yet."""
+        fit = self._fit(group(item))
+        if fit is None:
+            return None
+        coef, mean, per_candidate = fit
+        if coef is None:
+            return mean
+        seconds = coef[0] + coef[1] * item.n * len(item.prompt) + coef[2] * item.n * per_candidate
+        return float(max(seconds, 0.0))
+
+    def estimate(self, items: list[Item]) -> tuple[float, list[str]]:
+        """(expected seconds of the items that can be predicted, the groups with no observation)."""
+        total, unknown = 0.0, []
+        for item in items:
+            seconds = self.predict(item)
+            if seconds is None:
+                if group(item) not in unknown:
+                    unknown.append(group(item))
+            else:
+                total += seconds
+        return total, unknown
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+__all__ = ["CostTable", "format_seconds", "group", "machine"]
