@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -323,6 +324,11 @@ class TextModel:
         # transformers' own path, any other routes through ponder's plan and shares a prompt's keys
         self.attention = route(model, attention, self.device)
         self._recycled = None  # Recycled Attention's state inside `recycling`
+        self._altered = 0  # open blocks that change what a forward computes (layer skipping, hidden capture)
+        # prompts prefilled lately under ponder's attention: ids -> (keys, values, logits), newest last
+        self.prompt_cache: OrderedDict[tuple[int, ...], tuple[list, list, torch.Tensor]] = OrderedDict()
+        self.prompt_cache_bytes = 256 * 2**20  # what the kept prompts' keys and values may hold; 0 = keep none
+        self.prompt_cache_hits = 0
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -417,6 +423,14 @@ class TextModel:
         """
         if cache.length != 0:
             raise ValueError("prefill needs an empty cache")
+        key = self._prompt_key(prompt_ids, cache)
+        if key is not None and key in self.prompt_cache:
+            self.prompt_cache.move_to_end(key)
+            self.prompt_cache_hits += 1
+            keys, values, logits = self.prompt_cache[key]
+            for layer, (k, v) in enumerate(zip(keys, values)):
+                cache.store.append(layer, k, v)  # a copy: the kept prompt is never written through
+            return logits.clone()
         width = max(len(p) for p in prompt_ids)
         ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)  # [B, T]
         mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)  # [B, T]
@@ -425,7 +439,32 @@ class TextModel:
                 ids[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
                 mask[row, width - len(p):] = 1
         padded = any(len(p) != width for p in prompt_ids)
-        return self._run(ids.to(self.device), cache, mask.to(self.device) if padded else None)[:, -1]
+        logits = self._run(ids.to(self.device), cache, mask.to(self.device) if padded else None)[:, -1]
+        if key is not None:
+            self._keep_prompt(key, cache, logits)
+        return logits
+
+    def _prompt_key(self, prompt_ids, cache) -> tuple[int, ...] | None:
+        """The prompt cache's key for this prefill, or None when it may not be used: only one row into
+        a `PrefixTextCache` (ponder's attention), outside blocks that change the forward."""
+        if (self.prompt_cache_bytes <= 0 or len(prompt_ids) != 1 or not isinstance(cache, prefix_cache_class())
+                or self._altered or self._recycled is not None):
+            return None
+        return tuple(int(t) for t in prompt_ids[0])
+
+    def _keep_prompt(self, key: tuple[int, ...], cache, logits: torch.Tensor) -> None:
+        """Remember a prefilled prompt (SGLang's radix cache, reduced to whole prompts): the next prefill
+        of the same ids copies these keys and values instead of running the model. Oldest go first
+        when the kept bytes would pass `prompt_cache_bytes`."""
+        keys = [cache.store.keys(layer).clone() for layer in range(self.num_layers)]
+        values = [cache.store.values(layer).clone() for layer in range(self.num_layers)]
+        size = sum(t.numel() * t.element_size() for t in keys + values)
+        if size > self.prompt_cache_bytes:
+            return
+        self.prompt_cache[key] = (keys, values, logits.clone())
+        while sum(t.numel() * t.element_size() for k, v, _ in self.prompt_cache.values() for t in k + v) > \
+                self.prompt_cache_bytes:
+            self.prompt_cache.popitem(last=False)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -548,9 +587,11 @@ class TextModel:
         if 0 in skip or not skip <= set(range(len(layers))):
             raise ValueError(f"skip must be layers in [1, {len(layers)}), got {sorted(skip)}")
         setattr(base, attr, torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i not in skip]))
+        self._altered += 1
         try:
             yield
         finally:
+            self._altered -= 1
             setattr(base, attr, layers)
 
     @contextmanager
@@ -563,7 +604,9 @@ class TextModel:
             box["hidden"] = args[0].float()  # [B, T, H]
 
         handle = self.model.get_output_embeddings().register_forward_pre_hook(grab)
+        self._altered += 1
         try:
             yield box
         finally:
+            self._altered -= 1
             handle.remove()

@@ -257,3 +257,28 @@ def test_learned_verifiers_score_each_distinct_output_once_with_the_same_scores(
         monkeypatch.undo()
         torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
         assert batches == [3]  # three distinct outputs, one forward
+
+
+def test_a_repeated_prompt_reuses_its_kept_prefill_and_samples_the_same(arith, monkeypatch):
+    _, planned = arith
+    planned.prompt_cache.clear()
+    runs = []
+    for _ in range(2):
+        runs.append(ponder.generate(planned, PROMPT, strategy="best-of-n", n=8, verifier="prm", seed=4,
+                                    max_new_tokens=24, temperature=1.0))
+    assert planned.prompt_cache_hits >= 1 and tuple(planned.encode(PROMPT)) in planned.prompt_cache
+    assert [c.output for c in runs[0].candidates] == [c.output for c in runs[1].candidates]
+    # a hit runs no model forward for the prompt; a block that changes the forward never uses it
+    calls = []
+    original = planned.model.forward
+    monkeypatch.setattr(planned.model, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cache = planned.new_cache()
+    planned.prefill([planned.encode(PROMPT)], cache)
+    assert calls == [] and cache.length == len(planned.encode(PROMPT))
+    with planned.capturing_hidden() as box:
+        planned.prefill([planned.encode(PROMPT)], planned.new_cache())
+    assert calls == [1] and box["hidden"].shape[1] == len(planned.encode(PROMPT))
+    planned.prompt_cache_bytes = 0
+    planned.prefill([planned.encode(PROMPT)], planned.new_cache())
+    assert calls == [1, 1]
+    planned.prompt_cache_bytes = 256 * 2**20
