@@ -277,7 +277,7 @@ def _recycled(count: int, stride: int = 8, top_k: int = 256, dense_layers: int =
              "full_s": round(full_s, 3), "recycled_s": round(recycled_s, 3), "speed_ratio": round(speed, 3),
              "top1_agreement": round(rate, 4), "agreement_se": round(error, 4),
              "kept_fraction": round(sum(kept) / max(1, len(kept)), 4)}]
-    goals = [goal(f"Recycled Attention (stride {stride}, top-k {top_k}): decode speed / full attention (reported)",
+    goals = [goal(f"Recycled Attention (stride {stride}, keep {top_k}): decode speed / full attention (reported)",
                   "reported", speed, True),
              goal(f"Recycled Attention: top-1 agreement with full attention, teacher-forced (+- {error:.3f})",
                   "reported", rate, True)]
