@@ -7,7 +7,9 @@ seconds one item takes are fitted by least squares as
     seconds = a + b * (candidates x prompt characters) + c * (tokens generated)
 
 over the items already rendered of the same (modality, model, strategy, decoder) on this machine
-(prompt size in characters: the driver that plans a job holds no tokenizer). An item not yet
+(prompt size in characters: the driver that plans a job holds no tokenizer; seconds without the
+time spent loading models). A feature that never varied among the observations is left out of the
+fit (its effect cannot be told from the intercept). An item not yet
 rendered is predicted with its tokens = candidates x the tokens per candidate seen so far. With
 fewer than 3 observations the prediction is their mean seconds per item; with none, nothing is
 estimated. Observations are kept (the last 500 per group) in ``$PONDER_HOME/costs.json`` (default
@@ -102,8 +104,15 @@ class CostTable:
                 if len(rows) < 3:
                     self._fits[key] = (None, float(data[:, 3].mean()), per_candidate)
                 else:
-                    design = np.column_stack([np.ones(len(rows)), data[:, 0], data[:, 1]])
-                    coef = np.linalg.lstsq(design, data[:, 3], rcond=None)[0]
+                    # a feature that never varied here cannot be told from the intercept: leave it out
+                    # rather than extrapolate on an arbitrary split (e.g. one prompt, many seeds)
+                    varied = [column for column in (0, 1) if np.ptp(data[:, column]) > 0]
+                    design = np.column_stack([np.ones(len(rows))] + [data[:, column] for column in varied])
+                    solved = np.linalg.lstsq(design, data[:, 3], rcond=None)[0]
+                    coef = np.zeros(3)
+                    coef[0] = solved[0]
+                    for column, value in zip(varied, solved[1:]):
+                        coef[column + 1] = value
                     self._fits[key] = (coef, float(data[:, 3].mean()), per_candidate)
         return self._fits[key]
 

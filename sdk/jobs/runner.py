@@ -197,7 +197,7 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
                 _record(folder, item, outcome, retries, summary, weights[outcome.id])
                 remaining.pop(outcome.id, None)
                 if outcome.files is not None:
-                    costs.observe(item, int(outcome.compute.get("tokens", 0)), outcome.seconds)
+                    costs.observe(item, int(outcome.compute.get("tokens", 0)), outcome.seconds - outcome.load_seconds)
                 bar.update(1)
                 bar.set_postfix_str(_eta(costs, list(remaining.values()), workers or 1, summary.failed), refresh=False)
         finally:

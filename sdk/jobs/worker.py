@@ -27,6 +27,7 @@ class Outcome:
     error: str | None = None  # one line, when it failed
     attempts: int = 1
     seconds: float = 0.0
+    load_seconds: float = 0.0  # of `seconds`, the time spent loading models, verifiers and drafts
 
 
 class ModelCache:
@@ -43,6 +44,7 @@ class ModelCache:
         self.verifiers: dict[str, Any] = {}
         self.drafts: dict[str, Any] = {}
         self.loads = 0  # models loaded so far (tests pin "once per worker")
+        self.load_seconds = 0.0  # time spent loading, all together (the cost model leaves it out)
 
     def model_for(self, modality: str, spec: str, load_options: dict | None = None):
         """The loaded model for (modality, spec, load options), loading it (once) if the worker holds
@@ -56,24 +58,35 @@ class ModelCache:
             self.verifiers.clear()
             self.drafts.clear()
             self.loads += 1
+            start = time.perf_counter()
             try:
                 self.model = self._load(modality, spec, **load_options)
             except PonderError as err:
                 self.error = err
             except Exception as err:  # a broken folder fails in transformers with many error types
                 self.error = ModelLoadError(f"cannot load {modality} model {spec!r}: {type(err).__name__}: {err}")
+            finally:
+                self.load_seconds += time.perf_counter() - start
         if self.error is not None:
             raise self.error
         return self.model
 
     def verifier_for(self, modality: str, spec: str, model):
         if spec not in self.verifiers:
-            self.verifiers[spec] = self._load_verifier(modality, spec, model=model)
+            start = time.perf_counter()
+            try:
+                self.verifiers[spec] = self._load_verifier(modality, spec, model=model)
+            finally:
+                self.load_seconds += time.perf_counter() - start
         return self.verifiers[spec]
 
     def draft_for(self, modality: str, spec: str):
         if spec not in self.drafts:
-            self.drafts[spec] = self._load(modality, spec)
+            start = time.perf_counter()
+            try:
+                self.drafts[spec] = self._load(modality, spec)
+            finally:
+                self.load_seconds += time.perf_counter() - start
         return self.drafts[spec]
 
     def run(self, request):
@@ -143,6 +156,7 @@ class Worker:
         from ponder.jobs.outputs import result_files
 
         start = time.perf_counter()
+        loaded_before = self.cache.load_seconds
         attempts = 0
         while True:
             attempts += 1
@@ -150,7 +164,8 @@ class Worker:
                 result = self.generate(spec)
                 files = result_files(spec, result)
                 return Outcome(spec["id"], config_hash, files=files, compute=result.compute.to_dict(),
-                               attempts=attempts, seconds=time.perf_counter() - start)
+                               attempts=attempts, seconds=time.perf_counter() - start,
+                               load_seconds=self.cache.load_seconds - loaded_before)
             except PonderError as err:
                 return Outcome(spec["id"], config_hash, error=_one_line(err), attempts=attempts,
                                seconds=time.perf_counter() - start)

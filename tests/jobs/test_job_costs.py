@@ -69,3 +69,33 @@ def test_a_job_fits_the_model_that_the_next_dry_run_estimates_with(tiny_model_fo
     path.write_text(json.dumps({"defaults": {"modality": "text", "model": model}, "items": [{"prompt": "Q: 5\n"}]}))
     assert main(["render", str(path), "--out", str(tmp_path / "out2"), "--dry-run"]) == 0
     assert "estimated time on this machine:" in capsys.readouterr().out
+
+
+def test_a_feature_that_never_varied_is_left_out_of_the_fit():
+    """One prompt, many seeds: the prompt size cannot be told from the intercept, so a longer prompt
+    is predicted by the intercept and the tokens alone, not by an arbitrary split."""
+    table = CostTable()
+    same_prompt = parse_job({"defaults": {"modality": "text", "model": "zoo:arith", "n": 2},
+                             "items": [{"id": f"s{k}", "prompt": "Q: 1+2\n", "seed": k} for k in range(6)]}).items
+    spent = [10, 14, 12, 18, 16, 20]
+    for item, tokens in zip(same_prompt, spent):
+        table.observe(item, tokens, 0.2 + 0.01 * tokens)
+    longer = parse_job({"defaults": {"modality": "text", "model": "zoo:arith", "n": 2},
+                        "items": [{"id": "x", "prompt": "Q: " + "1+" * 40 + "2\n"}]}).items[0]
+    assert table.predict(longer) == pytest.approx(0.2 + 0.01 * 2 * sum(spent) / 12, rel=1e-6)
+
+
+def test_the_worker_reports_the_time_it_spent_loading(tiny_model_folders):
+    from ponder.jobs.worker import Worker
+
+    worker = Worker(threads=1)
+    try:
+        spec = {"id": "a", "modality": "text", "model": str(tiny_model_folders["llama"]), "prompt": "Q: 1+2\n",
+                "strategy": "sample", "n": 1, "verifier": None, "decoder": "plain", "seed": 0,
+                "options": {"max_new_tokens": 3}}
+        first = worker.render(spec, "h")
+        second = worker.render({**spec, "id": "b", "seed": 1}, "h")
+    finally:
+        worker.close()
+    assert first.files and 0 < first.load_seconds < first.seconds
+    assert second.load_seconds == 0.0
