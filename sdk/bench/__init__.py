@@ -58,6 +58,12 @@ def _kernels(**kw):
     return run(**kw)
 
 
+def _render(**kw):
+    from ponder.bench.render import run
+
+    return run(**kw)
+
+
 def _images(**kw):
     from ponder.bench.images import run
 
@@ -89,6 +95,8 @@ BENCHES: dict[str, BenchSpec] = {
                          "beam / particles with forked caches vs best-of-16 (goal <= 1.5x); Recycled Attention's "
                          "speed and agreement; --device cuda: kernel bandwidth and cascade speedup", _kernels,
                          takes_device=True),
+    "render": BenchSpec("render200 on today's per-item path: items/s, and the cost model's ETA after the first "
+                        "10 % of the job against the time the rest took (goal within 20 %)", _render),
     "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
                         "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
     "images-ditto": BenchSpec("zoo:digits DITTO / DITTO-2 noise optimisation (classifier log-prob) vs plain sampling "
