@@ -21,10 +21,15 @@ from ponder.bench import goal
 
 
 def _job_file() -> Path:
-    import ponder.demos
+    """demos/render200.yaml, found as a data file of the demos package (its code is never imported:
+    the sdk does not import the demos room)."""
+    import importlib.util
+
     from ponder.errors import ConfigError
 
-    path = Path(ponder.demos.__file__).parent / "render200.yaml"
+    spec = importlib.util.find_spec("ponder.demos")
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    path = (folder or Path("demos")) / "render200.yaml"
     if not path.is_file():
         raise ConfigError(f"bench render needs the render200 job at {path}; it ships in the repository's demos/")
     return path
