@@ -136,9 +136,15 @@ def route(model, name: str, device: torch.device) -> str:
         warnings.warn(f"attention {name!r} is not used: {why}; the model runs transformers' sdpa instead",
                       stacklevel=3)
         return DEFAULT_BACKEND
-    register()
-    model.set_attn_implementation(IMPLEMENTATION)
+    switch(model)
     return name
 
 
-__all__ = ["IMPLEMENTATION", "PlanContext", "check_name", "ponder_attention", "register", "routable", "route"]
+def switch(model) -> None:
+    """Make transformers `model` run ponder's attention (registering it first)."""
+    register()
+    model.set_attn_implementation(IMPLEMENTATION)
+
+
+__all__ = ["IMPLEMENTATION", "PlanContext", "check_name", "ponder_attention", "register", "routable", "route",
+           "switch"]

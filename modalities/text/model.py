@@ -23,9 +23,9 @@ from ponder.kernels.attention import DEFAULT_BACKEND, AttentionPlan
 from ponder.kernels.attention.recycled import RecycledAttention
 from ponder.kernels.tree import tree_attention_bias, tree_positions
 from ponder.modalities.text.answers import extract_answer
-from ponder.modalities.text.attention import IMPLEMENTATION as ATTENTION_IMPLEMENTATION
-from ponder.modalities.text.attention import PlanContext, register, routable, route
+from ponder.modalities.text.attention import PlanContext, routable, route
 from ponder.modalities.text.attention import check_name as check_attention
+from ponder.modalities.text.attention import switch as switch_attention
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -89,7 +89,8 @@ def _hf_cache_classes():
 
         @property
         def length(self) -> int:
-            return self.store.length
+            """Positions of every row: the shared prefix's (if any) and what `store` holds."""
+            return self.prefix_length + self.store.length
 
         @property
         def batch_size(self) -> int | None:
@@ -101,16 +102,18 @@ def _hf_cache_classes():
 
         def allocated_bytes(self) -> int:
             """Bytes of key / value buffers this cache holds (allocated capacity, every layer)."""
-            return self.store.allocated_bytes()
+            prefix = sum(t.numel() * t.element_size() for t in [*self.prefix_keys, *self.prefix_values])
+            return prefix + self.store.allocated_bytes()
 
         def read_bytes(self) -> int:
             """Bytes of keys and values one attention pass over the cache hands its kernel, every layer:
-            each row's whole stored length (the prompt once per row)."""
-            return _bytes_per_position(self.store) * (self.batch_size or 0) * self.length
+            a shared prefix once for all rows, plus each row's stored positions (without a shared
+            prefix, the prompt once per row)."""
+            return _bytes_per_position(self) * (self.prefix_length + (self.batch_size or 0) * self.store.length)
 
         def truncate(self, length: int) -> None:
             """Roll back to the first `length` positions (rejected draft tokens, ...)."""
-            self.store.truncate(length)
+            self.store.truncate(length - self.prefix_length)
             if self.attention_mask is not None:
                 self.attention_mask = self.attention_mask[:, :length]
 
@@ -130,7 +133,7 @@ def _hf_cache_classes():
             """Row b's position start + index[b, j] moves to start + j; length becomes start + N.
             index: [B, N]. Compacts a verified tree's accepted path (see `KVCache.select_positions`)."""
             with torch.inference_mode():  # the buffers are inference tensors (written under forward)
-                self.store.select_positions(start, index)
+                self.store.select_positions(start - self.prefix_length, index)
             if self.attention_mask is not None:
                 mask = self.attention_mask
                 moved = mask.gather(1, start + index.to(mask.device))  # [B, N]
@@ -173,10 +176,6 @@ def _hf_cache_classes():
             self._rows: int | None = None  # the batch size while no suffix is stored
 
         @property
-        def length(self) -> int:
-            return self.prefix_length + self.store.length
-
-        @property
         def batch_size(self) -> int | None:
             return self.store.batch_size or self._rows
 
@@ -211,24 +210,10 @@ def _hf_cache_classes():
             super().reset()
             self.prefix_keys, self.prefix_values, self.prefix_length, self._rows = [], [], 0, None
 
-        def allocated_bytes(self) -> int:
-            prefix = sum(t.numel() * t.element_size() for t in self.prefix_keys + self.prefix_values)
-            return prefix + self.store.allocated_bytes()
-
-        def read_bytes(self) -> int:
-            """The prefix once for all rows, plus each row's own suffix."""
-            if not self.prefix_length:
-                return super().read_bytes()
-            per_position = sum(t[0, :, 0].numel() * t.element_size() for t in self.prefix_keys + self.prefix_values)
-            return per_position * (self.prefix_length + (self.batch_size or 0) * self.store.length)
-
         def truncate(self, length: int) -> None:
             if length < self.prefix_length:
                 self.unshare()
-                return super().truncate(length)
-            self.store.truncate(length - self.prefix_length)
-            if self.attention_mask is not None:
-                self.attention_mask = self.attention_mask[:, :length]
+            super().truncate(length)
 
         def hide(self, hidden: torch.Tensor) -> None:
             if self.prefix_length and bool(hidden[:, :self.prefix_length].any()):
@@ -238,13 +223,7 @@ def _hf_cache_classes():
         def select_positions(self, start: int, index: torch.Tensor) -> None:
             if start < self.prefix_length:
                 self.unshare()
-                return super().select_positions(start, index)
-            with torch.inference_mode():
-                self.store.select_positions(start - self.prefix_length, index)
-            if self.attention_mask is not None:
-                mask = self.attention_mask
-                moved = mask.gather(1, start + index.to(mask.device))  # [B, N]
-                self.attention_mask = torch.cat([mask[:, :start], moved], dim=1)
+            super().select_positions(start, index)
 
         def reorder(self, index: torch.Tensor) -> None:
             """Keep / duplicate rows: only their suffixes are copied, the prefix stays one copy."""
@@ -254,9 +233,12 @@ def _hf_cache_classes():
     return TextCache, PrefixTextCache
 
 
-def _bytes_per_position(store: KVCache) -> int:
-    """Bytes one position of one row occupies in `store`'s keys and values, all layers together."""
-    total = 0
+def _bytes_per_position(cache) -> int:
+    """Bytes one position of one row occupies in a text cache's keys and values, all layers together
+    (read from its shared prefix, else from its store; 0 while it holds nothing)."""
+    if cache.prefix_keys:
+        return sum(t[0, :, 0].numel() * t.element_size() for t in [*cache.prefix_keys, *cache.prefix_values])
+    store, total = cache.store, 0
     for layer in range(store.num_layers):
         if store.layer_length(layer):
             keys = store.keys(layer)  # [B, H, L, D]
@@ -549,8 +531,7 @@ class TextModel:
         previous = self.model.config._attn_implementation
         if switched:
             routable(self.model)
-            register()
-            self.model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+            switch_attention(self.model)
         self._recycled = state
         try:
             yield state
