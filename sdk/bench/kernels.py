@@ -37,22 +37,19 @@ import time
 import torch
 
 from ponder.bench import goal
+from ponder.bench.text_overhead import NoEOS
 
 NEW_TOKENS = 32
 CANDIDATES = 64
 
 
-class _Recorded:
+class _Recorded(NoEOS):
     """The same text model with no EOS (every row emits exactly max_new_tokens), recording the
     cache's peak allocation and the KV bytes each decode step's attention is handed."""
 
     def __init__(self, model):
-        self._model = model
-        self.eos_token_ids = frozenset()
+        super().__init__(model)
         self.peak, self.reads = 0, []
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
     def recycling(self, **options):
         return self._model.recycling(**options)

@@ -451,12 +451,12 @@ def _efficiency(census, group: dict, target, tokens: list[int], quick: bool) -> 
 def _sampled_vs_hf(w: Workload, target, prompts, ids, quick: bool) -> tuple[list, dict]:
     """ponder plain vs HF generate with the same sampling (w's temperature; each of SAMPLED_TOP_PS), every
     prompt decoded to exactly `new_tokens` by both (neither stops at EOS), interleaved prompt by prompt."""
-    from ponder.bench.text_overhead import _NoEOS
+    from ponder.bench.text_overhead import NoEOS
     from ponder.kernels.sampling import SamplingParams
     from ponder.search.decoding import plain
 
     _, repeats, new_tokens = _sizes(quick)
-    no_eos = _NoEOS(target)
+    no_eos = NoEOS(target)
     singles = [[i] for i in ids]
     sides = {}
     for top_p in SAMPLED_TOP_PS:

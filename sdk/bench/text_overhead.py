@@ -23,7 +23,7 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-class _NoEOS:
+class NoEOS:
     """The same model with no EOS, so the decoder always emits `max_new_tokens` per row."""
 
     def __init__(self, model):
@@ -41,7 +41,7 @@ def run(quick: bool = False, plot_dir=None) -> dict:
     from ponder.search.decoding import plain
 
     model = ponder.load("text", "zoo:arith")
-    no_eos = _NoEOS(model)
+    no_eos = NoEOS(model)
     greedy = SamplingParams(temperature=0.0)
     new_tokens = 32 if quick else 64
     repeats = 2 if quick else 5

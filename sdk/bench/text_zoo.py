@@ -15,7 +15,7 @@ import time
 import torch
 
 from ponder.bench import goal
-from ponder.bench.text_overhead import _NoEOS
+from ponder.bench.text_overhead import NoEOS
 
 
 def _step_seconds(model, ids, new_tokens: int) -> float:
@@ -23,7 +23,7 @@ def _step_seconds(model, ids, new_tokens: int) -> float:
     from ponder.search.decoding import plain
 
     start = time.perf_counter()
-    out = plain(_NoEOS(model), ids, sampling=SamplingParams(temperature=0.0), max_new_tokens=new_tokens)
+    out = plain(NoEOS(model), ids, sampling=SamplingParams(temperature=0.0), max_new_tokens=new_tokens)
     assert all(len(t) == new_tokens for t in out.tokens)
     return (time.perf_counter() - start) / new_tokens
 

@@ -19,34 +19,22 @@ it runs, and the progress bar's ETA uses the model while the job runs (refitted 
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-from pathlib import Path
 
 from ponder.jobs.spec import Item
+from ponder.jobs.state import cpu_name, read_state, write_state
 
 KEEP = 500  # observations kept per group
 _FILE = "costs.json"
 
 
 def machine() -> str:
-    """This machine as the cost table's key: CPU model and core count (and the GPU when torch sees one)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu} x{os.cpu_count()}"
+    """This machine as the cost table's key: CPU model and core count."""
+    return f"{cpu_name()} x{os.cpu_count()}"
 
 
 def group(item: Item) -> str:
     return f"{item.modality}|{item.model}|{item.strategy}|{item.decoder}"
-
-
-def _path() -> Path:
-    return Path(os.environ.get("PONDER_HOME") or Path.home() / ".cache" / "ponder") / _FILE
 
 
 class CostTable:
@@ -58,29 +46,15 @@ class CostTable:
 
     @classmethod
     def load(cls) -> CostTable:
-        try:
-            table = json.loads(_path().read_text()).get(machine(), {})
-        except (OSError, ValueError, AttributeError):
-            table = {}
+        table = read_state(_FILE).get(machine(), {})
+        table = table if isinstance(table, dict) else {}
         return cls({k: v for k, v in table.items() if isinstance(v, list)})
 
     def save(self) -> None:
         """Write this machine's table back (atomically; other machines' tables kept)."""
-        path = _path()
-        try:
-            everything = json.loads(path.read_text())
-            if not isinstance(everything, dict):
-                everything = {}
-        except (OSError, ValueError):
-            everything = {}
+        everything = read_state(_FILE)
         everything[machine()] = self.observations
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(everything))
-            os.replace(temp, path)
-        except OSError:
-            pass  # a read-only home only loses the estimate next time
+        write_state(_FILE, everything)
 
     def observe(self, item: Item, tokens: int, seconds: float) -> None:
         rows = self.observations.setdefault(group(item), [])

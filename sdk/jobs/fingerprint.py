@@ -17,35 +17,12 @@ existed (no ``weights`` key) still counts as done for the same config hash.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
 from ponder.jobs.spec import Item
+from ponder.jobs.state import read_state, write_state
 
 _CACHE_NAME = "fingerprints.json"
-
-
-def _cache_path() -> Path:
-    return Path(os.environ.get("PONDER_HOME") or Path.home() / ".cache" / "ponder") / _CACHE_NAME
-
-
-def _read_cache() -> dict:
-    try:
-        return json.loads(_cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(cache: dict) -> None:
-    path = _cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(cache, sort_keys=True))
-        os.replace(temp, path)
-    except OSError:
-        pass  # a read-only home only costs re-hashing next time
 
 
 def _file_digest(path: Path, cache: dict) -> str:
@@ -65,13 +42,13 @@ def folder_fingerprint(folder: str | Path) -> str:
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
         part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts))
-    cache = _read_cache()
+    cache = read_state(_CACHE_NAME)
     before = dict(cache)
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_digest(path, cache)}\n".encode())
     if cache != before:
-        _write_cache(cache)
+        write_state(_CACHE_NAME, cache)
     return digest.hexdigest()
 
 
