@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import torch
 
-from ponder.kernels.attention import AttentionPlan
+from ponder.kernels.attention import AttentionPlan, reference_attention
 from ponder.kernels.tree import tree_mask
 
 SLACK = 3  # stale positions past the longest row, never to be read
@@ -106,3 +106,13 @@ def assert_tree_nodes_match_unrolled_paths(attention: Callable, *, dtype: torch.
         path_out, path_lse = attention(query[:, :, path], key[:, :, keep], value[:, :, keep], chain)
         torch.testing.assert_close(out[:, :, node], path_out[:, :, -1], rtol=0, atol=atol)
         torch.testing.assert_close(lse[:, :, node], path_lse[:, :, -1], rtol=0, atol=atol)
+
+
+def flat_reference(plan: AttentionPlan, tensors: dict):
+    """Flat float64 attention over [prefix expanded to every row ; suffix] under the plan's dense mask."""
+    key, value = tensors["key"].double(), tensors["value"].double()
+    if plan.prefix_length:
+        batch = key.shape[0]
+        key = torch.cat([tensors["prefix_key"].double().expand(batch, -1, -1, -1), key], dim=2)
+        value = torch.cat([tensors["prefix_value"].double().expand(batch, -1, -1, -1), value], dim=2)
+    return reference_attention(tensors["query"].double(), key, value, plan.dense_mask())

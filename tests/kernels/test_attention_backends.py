@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from attention_cases import interpreter_worker, random_case
+from attention_cases import flat_reference, interpreter_worker, random_case
 
 from ponder.kernels.attention import (
     BACKENDS,
@@ -27,7 +27,6 @@ from ponder.kernels.attention import (
     attend,
     available_backends,
     get_backend,
-    reference_attention,
 )
 
 # flex without torch.compile says it is unfused; that is the point of running it eagerly here
@@ -51,16 +50,6 @@ def _args(tensors: dict) -> tuple:
     return tensors["query"], tensors["key"], tensors["value"]
 
 
-def _reference(plan: AttentionPlan, tensors: dict):
-    """Flat float64 attention over [prefix expanded to every row ; suffix] under the plan's dense mask."""
-    key, value = tensors["key"].double(), tensors["value"].double()
-    if plan.prefix_length:
-        batch = key.shape[0]
-        key = torch.cat([tensors["prefix_key"].double().expand(batch, -1, -1, -1), key], dim=2)
-        value = torch.cat([tensors["prefix_value"].double().expand(batch, -1, -1, -1), value], dim=2)
-    return reference_attention(tensors["query"].double(), key, value, plan.dense_mask())
-
-
 def _run(backend: str, plan: AttentionPlan, tensors: dict, interpret=None):
     """(out, lse or None) from `attend` with `backend`; triton through the interpreter worker."""
     returns_lse = get_backend(backend).returns_lse
@@ -73,7 +62,7 @@ def _run(backend: str, plan: AttentionPlan, tensors: dict, interpret=None):
 def _assert_matches_reference(backend: str, plan: AttentionPlan, tensors: dict, interpret=None,
                               atol: float = FLOAT32) -> None:
     out, lse = _run(backend, plan, tensors, interpret)
-    want_out, want_lse = _reference(plan, tensors)
+    want_out, want_lse = flat_reference(plan, tensors)
     assert out.dtype == tensors["query"].dtype and out.shape == want_out.shape
     torch.testing.assert_close(out.double(), want_out, rtol=0, atol=atol)
     if lse is not None:
@@ -140,7 +129,7 @@ def test_float16_inputs_return_float16_close_to_the_reference(backend):
     plan, tensors = random_case(2, 17, 5, 16, seed=22, prefix=3)
     half = {name: None if t is None else t.half() for name, t in tensors.items()}
     out, _ = _run(backend, plan, half)
-    want, _ = _reference(plan, half)
+    want, _ = flat_reference(plan, half)
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.double(), want, rtol=0, atol=2e-3)
 
@@ -230,7 +219,7 @@ def test_backend_matches_the_reference_on_cuda(backend):
                               prefix_rows=plan.prefix_rows.cuda())
     on_gpu = {name: t.cuda() for name, t in tensors.items()}
     out, lse = _run(backend, cuda_plan, on_gpu)
-    want_out, want_lse = _reference(plan, tensors)
+    want_out, want_lse = flat_reference(plan, tensors)
     torch.testing.assert_close(out.cpu().double(), want_out, rtol=0, atol=1e-3)  # allows tf32 matmuls
     if lse is not None:
         torch.testing.assert_close(lse.cpu().double(), want_lse, rtol=0, atol=1e-3)

@@ -16,9 +16,15 @@ import sys
 
 import pytest
 import torch
-from attention_cases import SLACK, assert_tree_nodes_match_unrolled_paths, interpreter_worker, random_case
+from attention_cases import (
+    SLACK,
+    assert_tree_nodes_match_unrolled_paths,
+    flat_reference,
+    interpreter_worker,
+    random_case,
+)
 
-from ponder.kernels.attention import AttentionPlan, reference_attention, triton_attention
+from ponder.kernels.attention import AttentionPlan, triton_attention
 
 if importlib.util.find_spec("triton") is None:  # not importorskip: importing triton here would fix its mode
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -44,19 +50,9 @@ def _kernel(interpret, plan: AttentionPlan, tensors: dict):
                      tensors["prefix_value"])
 
 
-def _reference(plan: AttentionPlan, tensors: dict):
-    """Flat float64 attention over [prefix expanded to every row ; suffix] under the plan's dense mask."""
-    key, value = tensors["key"].double(), tensors["value"].double()
-    if plan.prefix_length:
-        batch = key.shape[0]
-        key = torch.cat([tensors["prefix_key"].double().expand(batch, -1, -1, -1), key], dim=2)
-        value = torch.cat([tensors["prefix_value"].double().expand(batch, -1, -1, -1), value], dim=2)
-    return reference_attention(tensors["query"].double(), key, value, plan.dense_mask())
-
-
 def _assert_matches_reference(interpret, plan: AttentionPlan, tensors: dict) -> None:
     out, lse = _kernel(interpret, plan, tensors)
-    want_out, want_lse = _reference(plan, tensors)
+    want_out, want_lse = flat_reference(plan, tensors)
     assert out.dtype == tensors["query"].dtype and lse.dtype == torch.float32
     torch.testing.assert_close(out.double(), want_out, rtol=0, atol=FLOAT32)
     torch.testing.assert_close(lse.double(), want_lse, rtol=0, atol=FLOAT32)
@@ -106,7 +102,7 @@ def test_float16_inputs_return_float16_close_to_the_reference(interpret):
     plan, tensors = random_case(2, 17, 5, 16, seed=6, num_splits=2)
     half = {name: None if t is None else t.half() for name, t in tensors.items()}
     out, lse = _kernel(interpret, plan, half)
-    want_out, want_lse = _reference(plan, {name: None if t is None else t.float() for name, t in half.items()})
+    want_out, want_lse = flat_reference(plan, {name: None if t is None else t.float() for name, t in half.items()})
     assert out.dtype == torch.float16 and lse.dtype == torch.float32
     torch.testing.assert_close(out.double(), want_out, rtol=0, atol=2e-3)
     torch.testing.assert_close(lse.double(), want_lse, rtol=0, atol=2e-3)
@@ -162,7 +158,7 @@ def test_a_query_that_sees_nothing_gives_zero_and_minus_inf(interpret):
     out, lse = _kernel(interpret, plan, tensors)
     assert torch.equal(out[1, :, 0], torch.zeros((4, 16))) and bool((lse[1, :, 0] == -math.inf).all())
     assert torch.isfinite(lse[0]).all() and torch.isfinite(lse[1, :, 1]).all()
-    want_out, want_lse = _reference(plan, tensors)
+    want_out, want_lse = flat_reference(plan, tensors)
     torch.testing.assert_close(out.double(), want_out, rtol=0, atol=FLOAT32)
     torch.testing.assert_close(lse.double(), want_lse, rtol=0, atol=FLOAT32)
 
