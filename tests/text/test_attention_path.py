@@ -282,3 +282,9 @@ def test_a_repeated_prompt_reuses_its_kept_prefill_and_samples_the_same(arith, m
     planned.prefill([planned.encode(PROMPT)], planned.new_cache())
     assert calls == [1, 1]
     planned.prompt_cache_bytes = 256 * 2**20
+
+
+def test_fork_cache_must_be_a_bool(arith):
+    with pytest.raises(ConfigError, match="fork_cache must be true or false, got 'yes'"):
+        ponder.generate(arith[0], PROMPT, strategy="beam", n=4, beam_width=2, verifier="prm", fork_cache="yes",
+                        max_new_tokens=4)
