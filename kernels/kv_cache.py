@@ -269,6 +269,77 @@ class KVCache:
             new_values[:, :, :length] = values[:, :, :length].index_select(0, layer_index)
             self._keys[layer], self._values[layer] = new_keys, new_values
 
+    def join(self, other: KVCache, index: Tensor | None = None) -> None:
+        """Append rows of `other` below this cache's rows, right-aligned (continuous batching).
+
+        Both caches end at the same position afterwards: the shorter side is left-padded (its
+        padding positions hold zeros; the caller masks them). Row ``B + j`` is other's row
+        ``index[j]`` (default every row once). Either side may be empty (never appended to).
+
+        Args:
+            other: a cache with the same layers, heads, head dim, dtype and device.
+            index: optional LongTensor [B'] of other's rows to take (duplicates allowed).
+
+        Raises:
+            ValueError: if the layer counts differ or the stored shapes do not match.
+        """
+        if other.num_layers != self._num_layers:
+            raise ValueError(f"join needs caches of equal layer count, got {other.num_layers} != {self._num_layers}")
+        for layer in range(self._num_layers):
+            theirs_k, theirs_v = other._keys[layer], other._values[layer]
+            if theirs_k is None:
+                continue
+            their_length = other._lengths[layer]
+            theirs_k, theirs_v = theirs_k[:, :, :their_length], theirs_v[:, :, :their_length]  # [B', H, l, D]
+            if index is not None:
+                layer_index = index.to(theirs_k.device)
+                theirs_k, theirs_v = theirs_k.index_select(0, layer_index), theirs_v.index_select(0, layer_index)
+            mine_k = self._keys[layer]
+            if mine_k is None:
+                length = their_length
+                keys = theirs_k.new_zeros((theirs_k.shape[0], theirs_k.shape[1], max(self._initial_capacity, length),
+                                           theirs_k.shape[3]))
+                values = keys.clone()
+                keys[:, :, :length], values[:, :, :length] = theirs_k, theirs_v
+                self._keys[layer], self._values[layer], self._lengths[layer] = keys, values, length
+                continue
+            self._check_compatible(layer, theirs_k[:1].expand(mine_k.shape[0], -1, -1, -1))
+            my_length = self._lengths[layer]
+            length = max(my_length, their_length)
+            batch = mine_k.shape[0] + theirs_k.shape[0]
+            capacity = max(mine_k.shape[2], length)
+            keys = mine_k.new_zeros((batch, mine_k.shape[1], capacity, mine_k.shape[3]))  # [B+B', H, C, D]
+            values = keys.clone()
+            rows = mine_k.shape[0]
+            keys[:rows, :, length - my_length:length] = mine_k[:, :, :my_length]
+            values[:rows, :, length - my_length:length] = self._values[layer][:, :, :my_length]
+            keys[rows:, :, length - their_length:length] = theirs_k
+            values[rows:, :, length - their_length:length] = theirs_v
+            self._keys[layer], self._values[layer], self._lengths[layer] = keys, values, length
+
+    def drop_leading(self, count: int) -> None:
+        """Forget the first `count` positions of every row (padding no row attends to any more):
+        position ``count + i`` becomes position ``i`` in every layer.
+
+        Raises:
+            ValueError: if `count` is negative or beyond the stored length.
+        """
+        count = _as_index(count, "drop_leading count")
+        if not 0 <= count <= self.length:
+            raise ValueError(f"drop_leading count {count} is outside the allowed range [0, {self.length}]")
+        if count == 0:
+            return
+        for layer in range(self._num_layers):
+            keys, values = self._keys[layer], self._values[layer]
+            if keys is None:
+                continue
+            length = self._lengths[layer]
+            self._keys[layer] = keys[:, :, count:length].clone() if length > count else keys[:, :, :0].clone()
+            self._values[layer] = values[:, :, count:length].clone() if length > count else values[:, :, :0].clone()
+            self._lengths[layer] = max(0, length - count)
+            if self._keys[layer].shape[2] == 0:  # keep a buffer to grow from
+                self._grow(layer, 1)
+
     def reset(self) -> None:
         """Drop all buffers and lengths, returning the cache to its freshly constructed state."""
         self._keys = [None] * self._num_layers

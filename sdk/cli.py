@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--retries", type=int, default=1, help="extra tries for an item that fails (default: 1)")
     render.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads per worker (default: 1; raise it for one large model on idle cores)")
+    render.add_argument("--no-fuse", action="store_true",
+                        help="render item by item instead of decoding the items of one model in one running "
+                             "batch (continuous batching; the default)")
+    render.add_argument("--max-rows", type=_positive_int, default=64,
+                        help="rows a running batch holds before waiting items queue (default: 64)")
     render.add_argument("--dry-run", action="store_true", help="print the expanded plan and its size; write nothing")
     render.add_argument("--json", action="store_true", help="print the summary (or plan) as one JSON object")
     render.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -372,7 +377,7 @@ def cmd_render(args) -> int:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
     summary = jobs.run_job(job, args.out, backend=args.backend, retries=args.retries, address=args.address,
                            workers=args.workers, num_gpus=args.num_gpus, threads=args.threads,
-                           progress=not args.no_progress)
+                           fuse=not args.no_fuse, max_rows=args.max_rows, progress=not args.no_progress)
     print(json.dumps(summary.to_dict()) if args.json else summary.format())
     return 1 if summary.failed else 0
 

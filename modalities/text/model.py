@@ -155,6 +155,45 @@ def _hf_cache_classes():
         def reorder_cache(self, beam_idx):
             self.reorder(beam_idx)
 
+        def unshare(self) -> None:
+            """Every row already holds its whole prompt (only `PrefixTextCache` shares one)."""
+
+        def join(self, other: TextCache, index: torch.Tensor | None = None) -> None:
+            """Continuous batching: append `other`'s rows (`index`: which, duplicates allowed; default
+            all) below these rows, right-aligned, so both end at this step's position; the shorter
+            side is left-padded and its padding hidden in `attention_mask`. Positions count real
+            tokens only, so a joined row's next positions are the ones it would have had alone."""
+            self.unshare()
+            other.unshare()
+            theirs = other.attention_mask
+            if theirs is None:
+                theirs = torch.ones((other.batch_size or 0, other.length), dtype=torch.long)
+            if index is not None:
+                theirs = theirs[index.to(theirs.device)]
+            mine = self.attention_mask
+            if mine is None:
+                mine = torch.ones((self.batch_size or 0, self.length), dtype=torch.long, device=theirs.device)
+            length = max(self.length, other.length)
+            pad = lambda mask: torch.cat([mask.new_zeros((mask.shape[0], length - mask.shape[1])), mask], dim=1)
+            self.store.join(other.store, index)
+            full = torch.cat([pad(mine), pad(theirs.to(mine.device))], dim=0)  # [B + B', length]
+            self.attention_mask = full if bool((full == 0).any()) else None
+
+        def leading_padding(self) -> int:
+            """Leading positions no row attends to (left padding every row has): `drop_leading` can go."""
+            if self.attention_mask is None or self.attention_mask.shape[0] == 0:
+                return 0
+            real = self.attention_mask.any(dim=0)  # [length]
+            return int(real.long().argmax()) if bool(real.any()) else self.length
+
+        def drop_leading(self, count: int) -> None:
+            """Forget the first `count` positions of every row (padding no row attends to)."""
+            self.unshare()
+            self.store.drop_leading(count)
+            if self.attention_mask is not None:
+                mask = self.attention_mask[:, count:]
+                self.attention_mask = mask if bool((mask == 0).any()) else None
+
     class PrefixTextCache(TextCache):
         """A `TextCache` whose rows can share one copy of a prompt (cascade attention reads it once).
 

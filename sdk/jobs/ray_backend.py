@@ -3,7 +3,9 @@
 Each actor is a `Worker` (the same code the local backend runs), reserving `num_cpus` and
 `num_gpus`. Items go out in model order, a few at a time per actor, so an actor keeps its model
 loaded across consecutive items; the driver writes every file and the manifest as results arrive.
-Needs the ``ray`` extra (``pip install 'ponder[ray]'``).
+With fusion on (the default), each call hands an actor a chunk of items that it renders through
+its own running decode batch (the same continuous batcher as the local backend); the chunk's
+outcomes come back together. Needs the ``ray`` extra (``pip install 'ponder[ray]'``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from ponder.errors import ConfigError
 from ponder.jobs.spec import Item
 from ponder.jobs.worker import Outcome, Worker
+from ponder.search.decoding.continuous import MAX_ROWS, FusionStats
 
 IN_FLIGHT_PER_ACTOR = 2  # one rendering, one queued: the actor never waits on the driver
 
@@ -25,6 +28,12 @@ class _RenderActor:
 
     def render(self, spec: dict, config_hash: str, retries: int) -> Outcome:
         return self.worker.render(spec, config_hash, retries)
+
+    def render_fused(self, pairs: list[tuple[dict, str]], retries: int, max_rows: int) -> tuple[list[Outcome], dict]:
+        """A chunk of items through this actor's running batch: their outcomes and the batch's stats."""
+        self.worker.fusion = FusionStats()
+        outcomes = list(self.worker.render_fused(pairs, retries, max_rows=max_rows))
+        return outcomes, self.worker.fusion.to_dict()
 
     def loads(self) -> int:
         return self.worker.cache.loads
@@ -39,8 +48,10 @@ def import_ray():
 
 
 def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None, workers: int | None = None,
-                 num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None) -> Iterator[Outcome]:
-    """Render `items` on Ray actors; yield each `Outcome` as it completes.
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None, fuse: bool = False,
+                 max_rows: int = MAX_ROWS, fusion: FusionStats | None = None) -> Iterator[Outcome]:
+    """Render `items` on Ray actors; yield each `Outcome` as it completes (with `fuse`, as its chunk
+    of up to `max_rows` items completes; `fusion` collects the actors' running-batch stats).
 
     Uses the Ray runtime this process already joined, else joins `address`, else starts a local
     one (stopped again at the end).
@@ -59,17 +70,22 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
             return
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         count = workers or max(1, int(cluster_cpus // num_cpus))
-        count = min(count, len(items))
+        count = min(count, -(-len(items) // (max_rows if fuse else 1)))
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_RenderActor)
         threads = threads or max(1, int(num_cpus))
         actors = [actor_cls.remote(threads) for _ in range(count)]
         queue = list(reversed(items))  # pop() hands out items in model order
-        pending: dict = {}  # object ref -> (actor slot, actor, item)
+        pending: dict = {}  # object ref -> (actor slot, actor, its items)
+        chunk = max_rows if fuse else 1  # items a call hands an actor
 
         def submit(slot: int) -> None:
-            item = queue.pop()
+            taken = [queue.pop() for _ in range(min(chunk, len(queue)))]
             actor = actors[slot]
-            pending[actor.render.remote(item.spec(), item.config_hash, retries)] = (slot, actor, item)
+            if fuse:
+                ref = actor.render_fused.remote([(item.spec(), item.config_hash) for item in taken], retries, max_rows)
+            else:
+                ref = actor.render.remote(taken[0].spec(), taken[0].config_hash, retries)
+            pending[ref] = (slot, actor, taken)
 
         for _ in range(IN_FLIGHT_PER_ACTOR):
             for slot in range(len(actors)):
@@ -77,16 +93,23 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
                     submit(slot)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            slot, actor, item = pending.pop(ready[0])
+            slot, actor, taken = pending.pop(ready[0])
             try:
-                outcome = ray.get(ready[0])
+                outcomes = ray.get(ready[0])
+                if fuse:
+                    outcomes, stats = outcomes
+                    if fusion is not None:
+                        fusion.add(FusionStats.from_dict(stats))
+                else:
+                    outcomes = [outcomes]
             except ray.exceptions.RayError as err:  # the actor died (out of memory, a crash in native code)
-                outcome = Outcome(item.id, item.config_hash, error=f"Ray worker failed: {type(err).__name__}")
+                outcomes = [Outcome(item.id, item.config_hash, error=f"Ray worker failed: {type(err).__name__}")
+                            for item in taken]
                 if isinstance(err, ray.exceptions.RayActorError) and actors[slot] is actor:
                     actors[slot] = actor_cls.remote(threads)
             if queue:
                 submit(slot)
-            yield outcome
+            yield from outcomes
     finally:
         for actor in actors:
             ray.kill(actor)

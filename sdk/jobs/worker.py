@@ -4,16 +4,32 @@ A worker (the local process, or one Ray actor) keeps the model of the items it i
 with the verifiers and draft models those items name, and drops them when the items move on to the
 next model (items arrive grouped by model, so each model loads once per worker). A model that fails
 to load is remembered, so the rest of its items fail at once with the same error.
+
+`Worker.render_fused` renders a run of items through one running decode batch per model
+(`ponder.search.decoding.continuous`, continuous batching): every plain-decoding call of the items'
+strategies joins it, rows of several items decode together, and each item is assembled, and handed
+back, the moment its last row finishes. Items of one model are taken shortest prompt first (length
+buckets), so rows of similar length share the batch. Everything else about an item — its retries,
+its failure alone, its files — is what `render` does; its compute is its own share of the fused work.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.errors import ModelLoadError, PonderError
+from ponder.search.decoding.continuous import MAX_ROWS, FusionStats, RunningBatch, own_time_offset
+
+
+def _clock() -> float:
+    """This task's own seconds: the wall clock, less time spent waiting on a running batch, plus its
+    share of the batch's steps (plain wall time outside one)."""
+    return time.perf_counter() + own_time_offset()
 
 
 @dataclass
@@ -49,8 +65,6 @@ class ModelCache:
     def model_for(self, modality: str, spec: str, load_options: dict | None = None):
         """The loaded model for (modality, spec, load options), loading it (once) if the worker holds
         another."""
-        import json
-
         load_options = dict(load_options or {})
         key = (modality, spec) if not load_options else (modality, spec, json.dumps(load_options, sort_keys=True))
         if key != self.key:
@@ -131,6 +145,7 @@ class Worker:
             torch.set_num_threads(threads)
         quiet_loaders()
         self.cache = cache or ModelCache()
+        self.fusion = FusionStats()  # what render_fused's running batches did, all together
 
     def close(self) -> None:
         """Give back the torch thread count this worker changed (the local worker shares its process)."""
@@ -144,7 +159,10 @@ class Worker:
         """The `Result` of one item spec (a dict of `Item` fields), run as its `Request`."""
         from ponder.request import request_from_item
 
-        return self.cache.run(request_from_item(spec))
+        before = own_time_offset()
+        result = self.cache.run(request_from_item(spec))
+        result.compute.seconds += own_time_offset() - before  # its own share, when fused
+        return result
 
     def render(self, spec: dict, config_hash: str, retries: int = 0) -> Outcome:
         """Render one item into its files, retrying unexpected errors up to `retries` times.
@@ -155,7 +173,7 @@ class Worker:
         """
         from ponder.jobs.outputs import result_files
 
-        start = time.perf_counter()
+        start = _clock()
         loaded_before = self.cache.load_seconds
         attempts = 0
         while True:
@@ -164,18 +182,80 @@ class Worker:
                 result = self.generate(spec)
                 files = result_files(spec, result)
                 return Outcome(spec["id"], config_hash, files=files, compute=result.compute.to_dict(),
-                               attempts=attempts, seconds=time.perf_counter() - start,
+                               attempts=attempts, seconds=_clock() - start,
                                load_seconds=self.cache.load_seconds - loaded_before)
             except PonderError as err:
                 return Outcome(spec["id"], config_hash, error=_one_line(err), attempts=attempts,
-                               seconds=time.perf_counter() - start)
+                               seconds=_clock() - start)
             except Exception as err:
                 if attempts > retries:
                     return Outcome(spec["id"], config_hash, error=_one_line(err) + _where(err), attempts=attempts,
-                                   seconds=time.perf_counter() - start)
+                                   seconds=_clock() - start)
 
-    def render_batch(self, batch: list[tuple[dict, str]], retries: int = 0) -> list[Outcome]:
+    def render_batch(self, batch: list[tuple[dict, str]], retries: int = 0, *, fuse: bool = False,
+                     max_rows: int = MAX_ROWS) -> list[Outcome]:
+        if fuse:
+            return list(self.render_fused(batch, retries, max_rows=max_rows))
         return [self.render(spec, config_hash, retries) for spec, config_hash in batch]
+
+    def render_fused(self, batch: list[tuple[dict, str]], retries: int = 0, *,
+                     max_rows: int = MAX_ROWS) -> Iterator[Outcome]:
+        """Render `batch` (item spec, config hash) with one running decode batch per model; yield each
+        `Outcome` as its item finishes (not in `batch` order). Consecutive items of one model (and
+        load options) share a batch, shortest prompt first."""
+        for group in _model_runs(batch):
+            first = group[0][0]
+            try:
+                request = _request(first)
+                model = self.cache.model_for(request.modality, request.model, request.load_options)
+            except PonderError:  # a model that does not load, a bad spec: each item fails alone, as today
+                for spec, config_hash in group:
+                    yield self.render(spec, config_hash, retries)
+                continue
+            running = RunningBatch(model, max_rows=max_rows)
+            group = sorted(group, key=lambda pair: _prompt_length(model, pair[0]))
+            tasks = [lambda spec=spec, config_hash=config_hash: self.render(spec, config_hash, retries)
+                     for spec, config_hash in group]
+            try:
+                for _, outcome in running.map(tasks):
+                    yield outcome
+            finally:
+                self.fusion.add(running.stats)
+
+
+def _request(spec: dict):
+    from ponder.request import request_from_item
+
+    return request_from_item(spec)
+
+
+def _model_key(spec: dict) -> tuple:
+    try:
+        request = _request(spec)
+    except PonderError:
+        return ("invalid", spec.get("id"))
+    return (request.modality, request.model, json.dumps(request.load_options or {}, sort_keys=True))
+
+
+def _model_runs(batch: list[tuple[dict, str]]) -> list[list[tuple[dict, str]]]:
+    """`batch` cut into runs of consecutive items with one model and load options."""
+    runs: list[list[tuple[dict, str]]] = []
+    last = None
+    for pair in batch:
+        key = _model_key(pair[0])
+        if not runs or key != last:
+            runs.append([])
+        runs[-1].append(pair)
+        last = key
+    return runs
+
+
+def _prompt_length(model, spec: dict) -> int:
+    """The item's prompt length in the model's tokens (its length bucket); 0 when it does not encode."""
+    try:
+        return len(model.encode(spec["prompt"]))
+    except Exception:  # a prompt the model rejects fails in its own task, not here
+        return 0
 
 
 def _where(err: BaseException) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "AnswerExtractor",
     "HiddenStateDraft",
     "HiddenStateModel",
+    "JoinableCache",
     "LayerSkippingModel",
     "LengthChecked",
     "MaskedDecoder",
@@ -209,6 +210,20 @@ class SharedPrefixCache(Protocol):
     prefix that n rows read (cascade attention), so candidates of one prompt fork without copying it."""
 
     def share_prefix(self, rows: int) -> None: ...
+
+
+@runtime_checkable
+class JoinableCache(Protocol):
+    """A cache rows can join and leave while it decodes (continuous batching): `join(other, index)`
+    appends other's rows right-aligned (the shorter side left-padded and hidden), `reorder(index)`
+    keeps / drops rows, `leading_padding()` counts the leading positions no row attends to and
+    `drop_leading(n)` forgets them. A joined row's logits equal its logits alone up to float
+    rounding (the padding changes the attention's reduction length)."""
+
+    def join(self, other: Any, index: torch.Tensor | None = None) -> None: ...
+    def reorder(self, index: torch.Tensor) -> None: ...
+    def leading_padding(self) -> int: ...
+    def drop_leading(self, count: int) -> None: ...
 
 
 @runtime_checkable

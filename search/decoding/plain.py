@@ -2,7 +2,8 @@
 
 The baseline every accelerated decoder is measured against and must match in distribution. Rule:
 prefill the (left-padded) prompts once, then repeat — sample token t ~ p(· | x_<t) with the row's
-own generator, feed it, stop a row at EOS, at a stop condition, or at `max_new_tokens`.
+own generator, feed it, stop a row at EOS, at a stop condition, or at `max_new_tokens`. Called inside
+`RunningBatch.map` (continuous batching), the rows join that running batch instead, by the same rule.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
+from ponder.search.decoding.continuous import current_batch
 from ponder.search.decoding.outputs import RowOutputs, StopFn, prefill_shared
 
 
@@ -44,6 +46,12 @@ def plain(
     """
     if options:
         raise TypeError(f"plain decoding takes no options {sorted(options)}")
+    batch = current_batch()
+    if batch is not None:  # inside a running batch (continuous batching across requests): join it
+        decoded = batch.submit(model, prompt_ids, sampling=sampling, max_new_tokens=max_new_tokens,
+                               generators=generators, stop=stop, stream=stream)
+        if decoded is not None:
+            return decoded
     compute = Compute()
     with compute.timed():
         out = RowOutputs(len(prompt_ids), eos=model.eos_token_ids, max_new_tokens=max_new_tokens, stop=stop,
