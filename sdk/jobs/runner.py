@@ -92,7 +92,7 @@ def plan_dict(job: Job, out: str | Path) -> dict:
     for item in job.items:
         models[f"{item.modality}:{item.model}"] = models.get(f"{item.modality}:{item.model}", 0) + 1
     seconds, unknown = CostTable.load().estimate(todo)
-    estimate = {"seconds": None if unknown and not seconds else round(seconds, 1), "unpredicted": unknown}
+    estimate = {"seconds": None if unknown and not seconds else round(seconds, 3), "unpredicted": unknown}
     return {"job": job.name, "source": job.source, "out": str(out), "items": len(job), "to_render": len(todo),
             "already_done": len(done), "candidates": sum(item.n for item in todo), "models": models,
             "estimate": estimate,

@@ -16,6 +16,7 @@ its failure alone, its files — is what `render` does; its compute is its own s
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -61,6 +62,16 @@ class ModelCache:
         self.drafts: dict[str, Any] = {}
         self.loads = 0  # models loaded so far (tests pin "once per worker")
         self.load_seconds = 0.0  # time spent loading, all together (the cost model leaves it out)
+        self._mine = threading.local()  # .seconds: the loading this thread did (fused items run in threads)
+
+    def own_load_seconds(self) -> float:
+        """Seconds of loading done by this thread (an item's own, when items run as fused tasks)."""
+        return getattr(self._mine, "seconds", 0.0)
+
+    def _loaded(self, start: float) -> None:
+        spent = time.perf_counter() - start
+        self.load_seconds += spent
+        self._mine.seconds = self.own_load_seconds() + spent
 
     def model_for(self, modality: str, spec: str, load_options: dict | None = None):
         """The loaded model for (modality, spec, load options), loading it (once) if the worker holds
@@ -80,7 +91,7 @@ class ModelCache:
             except Exception as err:  # a broken folder fails in transformers with many error types
                 self.error = ModelLoadError(f"cannot load {modality} model {spec!r}: {type(err).__name__}: {err}")
             finally:
-                self.load_seconds += time.perf_counter() - start
+                self._loaded(start)
         if self.error is not None:
             raise self.error
         return self.model
@@ -91,7 +102,7 @@ class ModelCache:
             try:
                 self.verifiers[spec] = self._load_verifier(modality, spec, model=model)
             finally:
-                self.load_seconds += time.perf_counter() - start
+                self._loaded(start)
         return self.verifiers[spec]
 
     def draft_for(self, modality: str, spec: str):
@@ -100,7 +111,7 @@ class ModelCache:
             try:
                 self.drafts[spec] = self._load(modality, spec)
             finally:
-                self.load_seconds += time.perf_counter() - start
+                self._loaded(start)
         return self.drafts[spec]
 
     def run(self, request):
@@ -174,7 +185,7 @@ class Worker:
         from ponder.jobs.outputs import result_files
 
         start = _clock()
-        loaded_before = self.cache.load_seconds
+        loaded_before = self.cache.own_load_seconds()
         attempts = 0
         while True:
             attempts += 1
@@ -183,7 +194,7 @@ class Worker:
                 files = result_files(spec, result)
                 return Outcome(spec["id"], config_hash, files=files, compute=result.compute.to_dict(),
                                attempts=attempts, seconds=_clock() - start,
-                               load_seconds=self.cache.load_seconds - loaded_before)
+                               load_seconds=self.cache.own_load_seconds() - loaded_before)
             except PonderError as err:
                 return Outcome(spec["id"], config_hash, error=_one_line(err), attempts=attempts,
                                seconds=_clock() - start)

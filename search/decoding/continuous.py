@@ -44,7 +44,7 @@ import torch
 
 from ponder.errors import check_int
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
-from ponder.search.core import Compute, Decoded, StreamCallback
+from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 from ponder.search.core.capabilities import JoinableCache, device_of
 from ponder.search.decoding.outputs import RowOutputs, StopFn, prefill_shared
 
@@ -184,7 +184,7 @@ class RunningBatch:
         check_int("max_rows", max_rows)
         self.model = model
         self.max_rows = max_rows
-        self.joinable = isinstance(model.new_cache(), JoinableCache)
+        self.joinable = isinstance(model, SequenceModel) and isinstance(model.new_cache(), JoinableCache)
         self.stats = FusionStats()
         self._pending: deque[_Request] = deque()
         self._running: list[tuple[_Request, int]] = []  # batch row -> (request, its row)

@@ -210,3 +210,60 @@ def test_matches_naive_concatenation_reference(operations):
             if cache.batch_size is not None:
                 assert torch.equal(cache.keys(layer), reference_keys[layer])
                 assert torch.equal(cache.values(layer), reference_values[layer])
+
+
+def test_join_right_aligns_both_sides_and_pads_the_shorter_with_zeros():
+    mine, theirs = KVCache(num_layers=2, capacity=4), KVCache(num_layers=2, capacity=4)
+    _append_all_layers(mine, 5, seed=1)  # [2, H, 5, D]
+    _append_all_layers(theirs, 3, seed=7)  # [2, H, 3, D]
+    before_mine = [(mine.keys(layer).clone(), mine.values(layer).clone()) for layer in range(2)]
+    before_theirs = [(theirs.keys(layer).clone(), theirs.values(layer).clone()) for layer in range(2)]
+    mine.join(theirs, torch.tensor([1, 1, 0]))
+    assert mine.batch_size == 5 and mine.length == 5
+    for layer in range(2):
+        (keys, values), (their_k, their_v) = before_mine[layer], before_theirs[layer]
+        assert torch.equal(mine.keys(layer)[:2], keys) and torch.equal(mine.values(layer)[:2], values)
+        joined = mine.keys(layer)[2:]  # [3, H, 5, D]: their rows 1, 1, 0 in the last 3 positions
+        assert torch.equal(joined[:, :, 2:], their_k[[1, 1, 0]]) and torch.equal(mine.values(layer)[2:, :, 2:],
+                                                                                   their_v[[1, 1, 0]])
+        assert not joined[:, :, :2].any()
+    # the longer side joining pads the rows already there
+    longer = KVCache(num_layers=2)
+    _append_all_layers(longer, 7, seed=3)
+    mine.join(longer)
+    assert (mine.batch_size, mine.length) == (7, 7)
+    assert torch.equal(mine.keys(0)[:2, :, 2:], before_mine[0][0]) and not mine.keys(0)[:5, :, :2].any()
+    # an empty cache takes the other's rows as they are; appends go on after them
+    empty = KVCache(num_layers=2, capacity=2)
+    empty.join(theirs)
+    assert torch.equal(empty.keys(1), before_theirs[1][0])
+    _append_all_layers(empty, 4, seed=9)
+    assert empty.length == 7
+
+
+def test_drop_leading_forgets_the_first_positions_and_keeps_the_rest_in_place():
+    cache = KVCache(num_layers=2, capacity=4)
+    _append_all_layers(cache, 6, seed=2)
+    kept = cache.keys(1)[:, :, 2:].clone()
+    cache.drop_leading(2)
+    assert cache.length == 4 and torch.equal(cache.keys(1), kept)
+    _append_all_layers(cache, 1, seed=5)
+    assert cache.length == 5 and torch.equal(cache.keys(1)[:, :, :4], kept)
+    with pytest.raises(ValueError, match=r"drop_leading count 9 is outside the allowed range \[0, 5\]"):
+        cache.drop_leading(9)
+    cache.drop_leading(5)
+    assert cache.length == 0
+    _append_all_layers(cache, 2, seed=6)
+    assert cache.length == 2
+
+
+def test_join_refuses_a_cache_of_another_shape():
+    mine, other = KVCache(num_layers=2), KVCache(num_layers=3)
+    with pytest.raises(ValueError, match="equal layer count"):
+        mine.join(other)
+    _append_all_layers(mine, 2, seed=1)
+    wide = KVCache(num_layers=2)
+    for layer in range(2):
+        wide.append(layer, torch.randn(1, HEADS + 1, 2, HEAD_DIM), torch.randn(1, HEADS + 1, 2, HEAD_DIM))
+    with pytest.raises(ValueError, match="heads"):
+        mine.join(wide)
