@@ -29,10 +29,11 @@ class _RenderActor:
     def render(self, spec: dict, config_hash: str, retries: int) -> Outcome:
         return self.worker.render(spec, config_hash, retries)
 
-    def render_fused(self, pairs: list[tuple[dict, str]], retries: int, max_rows: int) -> tuple[list[Outcome], dict]:
+    def render_fused(self, pairs: list[tuple[dict, str]], retries: int, max_rows: int,
+                     buckets: bool) -> tuple[list[Outcome], dict]:
         """A chunk of items through this actor's running batch: their outcomes and the batch's stats."""
         self.worker.fusion = FusionStats()
-        outcomes = list(self.worker.render_fused(pairs, retries, max_rows=max_rows))
+        outcomes = list(self.worker.render_fused(pairs, retries, max_rows=max_rows, buckets=buckets))
         return outcomes, self.worker.fusion.to_dict()
 
     def loads(self) -> int:
@@ -49,7 +50,8 @@ def import_ray():
 
 def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None, workers: int | None = None,
                  num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None, fuse: bool = False,
-                 max_rows: int = MAX_ROWS, fusion: FusionStats | None = None) -> Iterator[Outcome]:
+                 max_rows: int = MAX_ROWS, buckets: bool = True,
+                 fusion: FusionStats | None = None) -> Iterator[Outcome]:
     """Render `items` on Ray actors; yield each `Outcome` as it completes (with `fuse`, as its chunk
     of up to `max_rows` items completes; `fusion` collects the actors' running-batch stats).
 
@@ -82,7 +84,8 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
             taken = [queue.pop() for _ in range(min(chunk, len(queue)))]
             actor = actors[slot]
             if fuse:
-                ref = actor.render_fused.remote([(item.spec(), item.config_hash) for item in taken], retries, max_rows)
+                ref = actor.render_fused.remote([(item.spec(), item.config_hash) for item in taken], retries, max_rows,
+                                                buckets)
             else:
                 ref = actor.render.remote(taken[0].spec(), taken[0].config_hash, retries)
             pending[ref] = (slot, actor, taken)

@@ -135,14 +135,15 @@ def _grouped(items: list[Item]) -> list[Item]:
 
 
 def local_outcomes(items: list[Item], retries: int, threads: int | None = None, *, fuse: bool = False,
-                   max_rows: int = MAX_ROWS, fusion: FusionStats | None = None) -> Iterator[Outcome]:
+                   max_rows: int = MAX_ROWS, buckets: bool = True,
+                   fusion: FusionStats | None = None) -> Iterator[Outcome]:
     """Render `items` in this process, with one model loaded at a time: item after item, or (`fuse`)
     through one running decode batch per model; `fusion` collects the running batches' stats."""
     worker = Worker(threads=threads)
     try:
         if fuse:
             yield from worker.render_fused([(item.spec(), item.config_hash) for item in items], retries,
-                                           max_rows=max_rows)
+                                           max_rows=max_rows, buckets=buckets)
         else:
             for item in items:
                 yield worker.render(item.spec(), item.config_hash, retries)
@@ -154,7 +155,7 @@ def local_outcomes(items: list[Item], retries: int, threads: int | None = None, 
 
 def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int = 1, address: str | None = None,
             workers: int | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None,
-            fuse: bool = True, max_rows: int = MAX_ROWS, progress: bool = True,
+            fuse: bool = True, max_rows: int = MAX_ROWS, buckets: bool = True, progress: bool = True,
             stream: TextIO | None = None) -> Summary:
     """Render every item of `job` not already done under `out`; return the `Summary`.
 
@@ -174,6 +175,9 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
             each worker runs its own); False renders item by item. Text outputs are the same either
             way; log-probs in result.json agree to about 1e-5 (a batched forward rounds differently).
         max_rows: rows a running batch holds before waiting items queue.
+        buckets: fused items of one model go shortest prompt first, in length buckets (prompts in
+            one running batch within 1.5x of each other); False: in job order, joining whenever
+            rows are free.
         progress: draw a progress bar with ETA on `stream`.
         stream: where the progress bar goes (default stderr).
     """
@@ -184,8 +188,9 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
     if workers is not None:
         check_int("workers", workers)
     check_int("max_rows", max_rows)
-    if not isinstance(fuse, bool):
-        raise ConfigError(f"fuse must be true or false, got {fuse!r}")
+    for name, value in (("fuse", fuse), ("buckets", buckets)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
     if num_gpus < 0 or num_cpus <= 0:
         raise ConfigError(f"num_cpus must be > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
     if backend == "ray":
@@ -211,10 +216,10 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
 
             outcomes = ray_outcomes(todo, retries, address=address, workers=workers, num_cpus=num_cpus,
                                     num_gpus=num_gpus, threads=threads, fuse=fuse, max_rows=max_rows,
-                                    fusion=summary.fusion)
+                                    buckets=buckets, fusion=summary.fusion)
         else:
             outcomes = local_outcomes(todo, retries, threads=threads, fuse=fuse, max_rows=max_rows,
-                                      fusion=summary.fusion)
+                                      buckets=buckets, fusion=summary.fusion)
         bar = _progress(len(job), summary.skipped, progress, stream)
         costs = CostTable.load()
         remaining = dict(by_id)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.errors import ModelLoadError, PonderError
-from ponder.search.decoding.continuous import MAX_ROWS, FusionStats, RunningBatch, own_time_offset
+from ponder.search.decoding.continuous import LENGTH_RATIO, MAX_ROWS, FusionStats, RunningBatch, own_time_offset
 
 
 def _clock() -> float:
@@ -204,16 +204,17 @@ class Worker:
                                    seconds=_clock() - start)
 
     def render_batch(self, batch: list[tuple[dict, str]], retries: int = 0, *, fuse: bool = False,
-                     max_rows: int = MAX_ROWS) -> list[Outcome]:
+                     max_rows: int = MAX_ROWS, buckets: bool = True) -> list[Outcome]:
         if fuse:
-            return list(self.render_fused(batch, retries, max_rows=max_rows))
+            return list(self.render_fused(batch, retries, max_rows=max_rows, buckets=buckets))
         return [self.render(spec, config_hash, retries) for spec, config_hash in batch]
 
-    def render_fused(self, batch: list[tuple[dict, str]], retries: int = 0, *,
-                     max_rows: int = MAX_ROWS) -> Iterator[Outcome]:
+    def render_fused(self, batch: list[tuple[dict, str]], retries: int = 0, *, max_rows: int = MAX_ROWS,
+                     buckets: bool = True) -> Iterator[Outcome]:
         """Render `batch` (item spec, config hash) with one running decode batch per model; yield each
         `Outcome` as its item finishes (not in `batch` order). Consecutive items of one model (and
-        load options) share a batch, shortest prompt first."""
+        load options) share a batch; with `buckets`, shortest prompt first and in length buckets
+        (`RunningBatch`'s `length_ratio`), else in `batch` order, joining whenever rows are free."""
         for group in _model_runs(batch):
             first = group[0][0]
             try:
@@ -223,8 +224,9 @@ class Worker:
                 for spec, config_hash in group:
                     yield self.render(spec, config_hash, retries)
                 continue
-            running = RunningBatch(model, max_rows=max_rows)
-            group = sorted(group, key=lambda pair: _prompt_length(model, pair[0]))
+            running = RunningBatch(model, max_rows=max_rows, length_ratio=LENGTH_RATIO if buckets else None)
+            if buckets:
+                group = sorted(group, key=lambda pair: _prompt_length(model, pair[0]))
             tasks = [lambda spec=spec, config_hash=config_hash: self.render(spec, config_hash, retries)
                      for spec, config_hash in group]
             try:

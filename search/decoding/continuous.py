@@ -17,6 +17,11 @@ to any more is dropped. The only difference from decoding alone is float roundin
 over a padded cache sums in another order (on a CPU, about 1e-6 of a logit), which changes a sampled
 token only when a draw lands that close to a boundary of the distribution.
 
+Length buckets: a request joins a running batch only if its prompt length and the batch's prompts
+are within `LENGTH_RATIO` of each other; otherwise it waits for the batch to drain (callers hand
+requests over shortest first, so that happens once per bucket). Paper: *Training and Inference
+Efficiency of Encoder-Decoder Speech Models* (batching by length to cut padding).
+
 Requests come from code that calls `plain` inside `RunningBatch.map`: each task (a job item, a demo
 request) runs in its own thread, but only one thread runs at any time — a task runs until it waits
 for a request (or finishes), then the batch steps — so the schedule, and with it every output,
@@ -49,6 +54,8 @@ from ponder.search.core.capabilities import JoinableCache, device_of
 from ponder.search.decoding.outputs import RowOutputs, StopFn, prefill_shared
 
 MAX_ROWS = 64  # rows a running batch holds before waiting requests queue (a bigger request runs alone in it)
+LENGTH_RATIO = 1.5  # length buckets: prompts batched together differ by at most this factor (+ BUCKET_SLACK)
+BUCKET_SLACK = 8  # tokens: prompts this much apart always share a bucket, however short
 PREFILLS_KEPT = 16  # prompts whose prefill (one row's keys and values, and its logits) the batch keeps
 
 _local = threading.local()  # .task: the `_Task` this thread runs inside `RunningBatch.map`
@@ -79,6 +86,7 @@ class FusionStats:
     prefills: int = 0  # prompt prefills run
     shared_prefills: int = 0  # requests that reused another's prefill
     alone: int = 0  # requests that fell back to decoding alone (a failed batched forward)
+    bucket_waits: int = 0  # steps at which the next request waited for the batch to drain (another length bucket)
 
     @property
     def rows_per_step(self) -> float:
@@ -101,7 +109,8 @@ class FusionStats:
         return {"steps": self.steps, "row_steps": self.row_steps, "kv_positions": self.kv_positions,
                 "padding_positions": self.padding_positions, "rows_per_step": round(self.rows_per_step, 2),
                 "padding_fraction": round(self.padding_fraction, 4), "requests": self.requests,
-                "prefills": self.prefills, "shared_prefills": self.shared_prefills, "alone": self.alone}
+                "prefills": self.prefills, "shared_prefills": self.shared_prefills, "alone": self.alone,
+                "bucket_waits": self.bucket_waits}
 
 
 class _Task:
@@ -178,12 +187,21 @@ class RunningBatch:
         model: the `SequenceModel` whose plain decoding fuses; its `new_cache()` must be a
             `JoinableCache` (else every request decodes alone, as today).
         max_rows: rows the batch holds before waiting requests queue (>= 1).
+        length_ratio: length buckets: a request joins a non-empty batch only while the longest prompt
+            among its rows and the batch's is at most this many times the shortest (plus
+            `BUCKET_SLACK` tokens); otherwise it, and the requests behind it, wait for the batch to
+            drain. A batch of short prompts then never pads them to a long one's length. None: no
+            buckets (join whenever rows are free).
     """
 
-    def __init__(self, model, *, max_rows: int = MAX_ROWS):
+    def __init__(self, model, *, max_rows: int = MAX_ROWS, length_ratio: float | None = LENGTH_RATIO):
         check_int("max_rows", max_rows)
+        if length_ratio is not None and (isinstance(length_ratio, bool) or not isinstance(length_ratio, (int, float))
+                                         or not length_ratio >= 1.0):
+            raise ConfigError(f"length_ratio must be a number >= 1 (or None: no length buckets), got {length_ratio!r}")
         self.model = model
         self.max_rows = max_rows
+        self.length_ratio = length_ratio
         self.joinable = isinstance(model, SequenceModel) and isinstance(model.new_cache(), JoinableCache)
         self.stats = FusionStats()
         self._pending: deque[_Request] = deque()
@@ -292,10 +310,20 @@ class RunningBatch:
         ended on its first token) or failed alone."""
         admitted: list[_Request] = []
         rows = len(self._running)
-        while self._pending and (rows == 0 or rows + self._pending[0].size <= self.max_rows):
-            request = self._pending.popleft()
+        prompts = [len(request.prompt_ids[row]) for request, row in self._running]
+        lo, hi = (min(prompts), max(prompts)) if prompts else (None, None)
+        while self._pending:
+            request = self._pending[0]
+            length = max(len(p) for p in request.prompt_ids)
+            if rows and rows + request.size > self.max_rows:
+                break
+            if rows and not self._same_bucket(min(lo, length), max(hi, length)):
+                self.stats.bucket_waits += 1
+                break
+            self._pending.popleft()
             admitted.append(request)
             rows += request.size
+            lo, hi = (length, length) if lo is None else (min(lo, length), max(hi, length))
         users: dict[tuple[int, ...], list[_Request]] = {}
         for request in admitted:
             first = request.prompt_ids[0]
@@ -333,6 +361,10 @@ class RunningBatch:
         else:
             finished.append(request)
         request.compute.seconds += time.perf_counter() - start
+
+    def _same_bucket(self, shortest: int, longest: int) -> bool:
+        """Whether prompts of these lengths share a length bucket (always, without `length_ratio`)."""
+        return self.length_ratio is None or longest <= self.length_ratio * shortest + BUCKET_SLACK
 
     def _prefill(self, request: _Request, users: dict) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """(a prefilled cache, which of its rows each of the request's rows is [B], the next-token
