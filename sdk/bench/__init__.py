@@ -95,8 +95,10 @@ BENCHES: dict[str, BenchSpec] = {
                          "beam / particles with forked caches vs best-of-16 (goal <= 1.5x); Recycled Attention's "
                          "speed and agreement; --device cuda: kernel bandwidth and cascade speedup", _kernels,
                          takes_device=True),
-    "render": BenchSpec("render200 on today's per-item path: items/s, and the cost model's ETA after the first "
-                        "10 % of the job against the time the rest took (goal within 20 %)", _render),
+    "render": BenchSpec("render200 and a mixed text + image job, item by item vs fused (continuous batching; goal "
+                        ">= 3x items/s, identical outputs), one worker and two Ray workers: rows per step, padding "
+                        "(goal <= 15 % with length buckets), the cost model's ETA after the first 10 % (goal "
+                        "within 20 %)", _render),
     "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
                         "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
     "images-ditto": BenchSpec("zoo:digits DITTO / DITTO-2 noise optimisation (classifier log-prob) vs plain sampling "

@@ -31,30 +31,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _same_json(mine, theirs, where: str, tolerance: float) -> None:
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        assert mine.keys() == theirs.keys(), where
-        for key in mine:
-            _same_json(mine[key], theirs[key], f"{where}.{key}", tolerance)
-    elif isinstance(mine, list) and isinstance(theirs, list):
-        assert len(mine) == len(theirs), where
-        for index, (a, b) in enumerate(zip(mine, theirs)):
-            _same_json(a, b, f"{where}[{index}]", tolerance)
-    elif isinstance(mine, float) and isinstance(theirs, float):
-        assert abs(mine - theirs) <= tolerance, f"{where}: {mine} != {theirs}"
-    else:
-        assert mine == theirs, f"{where}: {mine!r} != {theirs!r}"
-
-
-def assert_same_outputs(mine: Path, theirs: Path, tolerance: float = 1e-4) -> None:
+def assert_same_outputs(mine: Path, theirs: Path) -> None:
     """Two output folders hold the same items: every output file (text, image, audio) byte for byte,
-    every result.json equal but for its floats (log-probs, scores), which agree within `tolerance`
-    (a fused batch's forward rounds differently from an item's own)."""
-    files = {k: v for k, v in snapshot(mine).items() if k != "manifest.jsonl"}
-    other = {k: v for k, v in snapshot(theirs).items() if k != "manifest.jsonl"}
-    assert sorted(files) == sorted(other)
-    for name, data in files.items():
-        if name.endswith("result.json"):
-            _same_json(json.loads(data), json.loads(other[name]), name, tolerance)
-        else:
-            assert data == other[name], name
+    every result.json equal but for its floats (log-probs, scores), which agree within
+    `ponder.jobs.compare.TOLERANCE` (a fused batch's forward rounds differently from an item's own)."""
+    from ponder.jobs.compare import compare_outputs
+
+    comparison = compare_outputs(mine, theirs)
+    assert comparison.items > 0 and comparison.same, comparison.to_dict()

@@ -71,3 +71,28 @@ def test_a_fused_job_resumes_and_the_cli_reports_the_batches(tmp_path, write_job
     assert main(["render", str(path), "--out", str(tmp_path / "alone"), "--no-progress", "--no-fuse"]) == 0
     assert "fused:" not in capsys.readouterr().out
     assert_same_outputs(tmp_path / "out", tmp_path / "alone")
+
+
+def test_the_output_comparison_sees_a_changed_file_and_a_float_beyond_the_tolerance(tmp_path):
+    import json
+    import shutil
+
+    from ponder.jobs.compare import compare_outputs
+
+    job = parse_job({**MIXED, "items": MIXED["items"][2:3]})
+    run_job(job, tmp_path / "a", threads=1, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert compare_outputs(tmp_path / "a", tmp_path / "b").same
+    result = tmp_path / "b" / "greedy.seed-0" / "result.json"
+    data = json.loads(result.read_text())
+    data["candidates"][0]["meta"]["logprob"] += 5e-5  # within the tolerance
+    result.write_text(json.dumps(data))
+    near = compare_outputs(tmp_path / "a", tmp_path / "b")
+    assert near.same and 4e-5 < near.max_float_gap < 6e-5
+    data["candidates"][0]["meta"]["logprob"] += 1e-3
+    result.write_text(json.dumps(data))
+    assert compare_outputs(tmp_path / "a", tmp_path / "b").differing == [
+        "greedy.seed-0/result.json.candidates[0].meta.logprob"]
+    (tmp_path / "b" / "greedy.seed-1" / "best.txt").write_text("changed")
+    far = compare_outputs(tmp_path / "a", tmp_path / "b")
+    assert "greedy.seed-1/best.txt" in far.differing and not far.same
