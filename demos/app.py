@@ -11,7 +11,10 @@ candidate with its score before and after noise optimisation), the `Compute` sum
 (best score among the first N candidates), the score per optimisation step of DITTO / DITTO-2 (for audio,
 the control loss), and a button that re-renders one candidate from its seed alone.
 
-Generation runs through a queue with a concurrency limit; a model stays loaded between requests.
+Generation runs through a queue with a concurrency limit (`--concurrency`, default 4); a model stays
+loaded between requests. Concurrent users' requests run as tasks of one running decode batch
+(`ponder.search.decoding.continuous.BatchServer`): they take turns, so the model is never used by
+two threads at once, and their plain decoding on the same model fuses into one batch.
 Bad input shows a Gradio error with ponder's one-line message, never a traceback.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
 from ponder.errors import ConfigError, PonderError, check_int
@@ -38,19 +40,20 @@ log = logging.getLogger("ponder.demos")
 
 
 class DemoSession:
-    """What the app shares between requests: the loaded model (one at a time) and a lock."""
+    """What the app shares between requests: the loaded model (one at a time) and the running batch
+    every request runs in (`BatchServer`: requests take turns, and concurrent users' decoding fuses)."""
 
     def __init__(self):
         from ponder.jobs.worker import ModelCache, quiet_loaders
+        from ponder.search.decoding.continuous import BatchServer
 
         quiet_loaders()
         self.cache = ModelCache()
-        self.lock = threading.Lock()
+        self.server = BatchServer()
 
     def load(self, modality: str, model: str, load_options: dict | None = None):
         """The model (loaded once and kept between requests)."""
-        with self.lock:
-            return self.cache.model_for(modality, model, load_options)
+        return self.server.run(lambda: self.cache.model_for(modality, model, load_options))
 
     def is_denoiser(self, modality: str, model: str) -> bool:
         """Whether `model` denoises (steps apply) rather than decodes tokens (sampling settings apply)."""
@@ -63,8 +66,7 @@ class DemoSession:
         that are not text described in one line) plus the request (for re-rendering) and the `Result`."""
         from ponder.jobs.outputs import payload_lines
 
-        with self.lock:
-            result = self.cache.run(request)
+        result = self.server.run(lambda: self.cache.run(request))
         return {"request": request.to_dict(), "result": result, **payload_lines(result)}
 
     def rerender(self, state: dict, position: int) -> tuple[Any, str]:
@@ -97,16 +99,16 @@ class DemoSession:
                        and original["seed"] == candidate_seed(config["seed"], index))
         if independent:
             lm = self.load(request.modality, request.model, request.load_options)
-            with self.lock:
-                if denoised:
-                    result = sample(lm, request.prompt, None, n=config["n"], seed=config["seed"], indices=[index],
-                                    steps=config["steps"])
-                    how = f"denoised alone from seed {original['seed']}"
-                else:
-                    result = sample(lm, request.prompt, None, n=config["n"], seed=config["seed"], indices=[index],
-                                    decoder=config["decoder"], sampling=SamplingParams(**config["sampling"]),
-                                    max_new_tokens=config["max_new_tokens"])
-                    how = f"decoded alone from seed {original['seed']}"
+            if denoised:
+                result = self.server.run(lambda: sample(lm, request.prompt, None, n=config["n"], seed=config["seed"],
+                                                        indices=[index], steps=config["steps"]))
+                how = f"denoised alone from seed {original['seed']}"
+            else:
+                result = self.server.run(lambda: sample(
+                    lm, request.prompt, None, n=config["n"], seed=config["seed"], indices=[index],
+                    decoder=config["decoder"], sampling=SamplingParams(**config["sampling"]),
+                    max_new_tokens=config["max_new_tokens"]))
+                how = f"decoded alone from seed {original['seed']}"
             output = result.candidates[0].output
         else:
             output = self.generate(request)["result"].candidates[position].output
@@ -403,7 +405,7 @@ def _audio_value(audio) -> tuple[int, Any]:
     return int(audio.sample_rate), (pcm[0] if pcm.shape[0] == 1 else pcm.T)
 
 
-def build_app(concurrency: int = 1, modalities: tuple[str, ...] | None = None):
+def build_app(concurrency: int = 4, modalities: tuple[str, ...] | None = None):
     """The demo as a `gradio.Blocks` (not launched): one tab per registered modality (or `modalities`)."""
     from ponder.modalities import registry
 
@@ -424,7 +426,7 @@ def build_app(concurrency: int = 1, modalities: tuple[str, ...] | None = None):
     return app
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, block: bool = True, **options):
+def launch(host: str = "127.0.0.1", port: int = 7860, concurrency: int = 4, block: bool = True, **options):
     """Build and serve the demo on `host`:`port` (127.0.0.1 unless told otherwise).
 
     Returns the launched app when `block` is False (tests), else serves until interrupted.

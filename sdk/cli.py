@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--retries", type=int, default=1, help="extra tries for an item that fails (default: 1)")
     render.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads per worker (default: 1; raise it for one large model on idle cores)")
+    render.add_argument("--ship", default="auto", choices=["auto", "code", "all", "none"],
+                        help="what Ray's runtime environment brings to the nodes: auto (ponder, the job's zoo models "
+                             "and ponder's requirements for an --address cluster; nothing for a local Ray), code "
+                             "(ponder and the zoo models only), all, none")
     render.add_argument("--no-fuse", action="store_true",
                         help="render item by item instead of decoding the items of one model in one running "
                              "batch (continuous batching; the default)")
@@ -123,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="open the Gradio demo")
     demo.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     demo.add_argument("--port", type=_positive_int, default=7860)
-    demo.add_argument("--concurrency", type=_positive_int, default=1, help="generations at a time (default: 1)")
+    demo.add_argument("--concurrency", type=_positive_int, default=4,
+                      help="generations at a time; concurrent users' decoding on one model fuses into one batch "
+                           "(default: 4)")
     return parser
 
 
@@ -377,7 +383,8 @@ def cmd_render(args) -> int:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
     summary = jobs.run_job(job, args.out, backend=args.backend, retries=args.retries, address=args.address,
                            workers=args.workers, num_gpus=args.num_gpus, threads=args.threads,
-                           fuse=not args.no_fuse, max_rows=args.max_rows, progress=not args.no_progress)
+                           fuse=not args.no_fuse, max_rows=args.max_rows, ship=args.ship,
+                           progress=not args.no_progress)
     print(json.dumps(summary.to_dict()) if args.json else summary.format())
     return 1 if summary.failed else 0
 

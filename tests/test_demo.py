@@ -119,3 +119,35 @@ def test_ditto_in_the_image_tab_plots_each_candidates_score_per_step(client):
     assert history["visible"]
     rows = history["value"]["data"]
     assert len(rows) == 2 * 3  # 2 candidates x (the start + 2 Adam steps)
+
+
+def test_concurrent_users_decode_in_one_batch_with_the_outputs_each_gets_alone():
+    import threading
+    import time
+
+    from ponder.demos.app import DemoSession, checked_request
+
+    def ask(prompt, seed):
+        return checked_request("text", "zoo:arith", prompt, "best-of-n", "exact", "plain", 3, seed, 0.8, 32, "")
+
+    asks = [("Q: 12+7*3\n", 1), ("Q: 9*9-40+6\n", 2), ("Q: 58+36-7*2\n", 3)]
+    alone = DemoSession()
+    expected = [alone.generate(ask(*a))["result"] for a in asks]
+    session = DemoSession()
+    session.load("text", "zoo:arith")
+    results = {}
+    # a first user's request holds the turn while three more arrive: they decode together
+    busy = threading.Thread(target=lambda: session.server.run(lambda: time.sleep(0.3)))
+    busy.start()
+    time.sleep(0.05)
+    users = [threading.Thread(target=lambda i=i: results.__setitem__(i, session.generate(ask(*asks[i]))["result"]))
+             for i in range(3)]
+    for user in users:
+        user.start()
+    for thread in [busy, *users]:
+        thread.join(timeout=120)
+    for i in range(3):
+        assert [c.output for c in results[i].candidates] == [c.output for c in expected[i].candidates]
+        assert results[i].compute.tokens == expected[i].compute.tokens
+    stats = session.server.batch.stats
+    assert stats.requests == 3 and stats.rows_per_step > 3  # three users' candidates shared forwards

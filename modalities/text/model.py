@@ -174,7 +174,10 @@ def _hf_cache_classes():
             if mine is None:
                 mine = torch.ones((self.batch_size or 0, self.length), dtype=torch.long, device=theirs.device)
             length = max(self.length, other.length)
-            pad = lambda mask: torch.cat([mask.new_zeros((mask.shape[0], length - mask.shape[1])), mask], dim=1)
+
+            def pad(mask):
+                return torch.cat([mask.new_zeros((mask.shape[0], length - mask.shape[1])), mask], dim=1)
+
             self.store.join(other.store, index)
             full = torch.cat([pad(mine), pad(theirs.to(mine.device))], dim=0)  # [B + B', length]
             self.attention_mask = full if bool((full == 0).any()) else None

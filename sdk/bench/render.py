@@ -78,13 +78,12 @@ def _render(job, label: str, scratch: Path, *, fuse: bool, eta: bool = False, ba
     options = {"fuse": fuse, "buckets": buckets, "progress": False, "backend": backend, "workers": workers}
     if backend == "local":
         options["threads"] = 1
-    first = estimate = None
+    estimate = None
     with _Home(run_dir / "home"):
         start = time.perf_counter()
         if eta:
             tenth = max(1, len(job.items) // 10)
             run_job(Job(job.name, job.source, job.items[:tenth]), out, **options)
-            first = time.perf_counter() - start
             estimate = plan_dict(job, out)["estimate"]["seconds"]
         rest_start = time.perf_counter()
         summary = run_job(job, out, **options)

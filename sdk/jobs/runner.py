@@ -155,7 +155,8 @@ def local_outcomes(items: list[Item], retries: int, threads: int | None = None, 
 
 def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int = 1, address: str | None = None,
             workers: int | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None,
-            fuse: bool = True, max_rows: int = MAX_ROWS, buckets: bool = True, progress: bool = True,
+            fuse: bool = True, max_rows: int = MAX_ROWS, buckets: bool = True, ship: str = "auto",
+            progress: bool = True,
             stream: TextIO | None = None) -> Summary:
     """Render every item of `job` not already done under `out`; return the `Summary`.
 
@@ -178,6 +179,9 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         buckets: fused items of one model go shortest prompt first, in length buckets (prompts in
             one running batch within 1.5x of each other); False: in job order, joining whenever
             rows are free.
+        ship: what a Ray backend's runtime environment brings to the nodes (`ponder.jobs.ray_env`):
+            "auto" (ponder, the job's zoo models and ponder's requirements for a cluster given by
+            `address`; nothing for a Ray on this machine), "code", "all" or "none".
         progress: draw a progress bar with ETA on `stream`.
         stream: where the progress bar goes (default stderr).
     """
@@ -195,8 +199,14 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         raise ConfigError(f"num_cpus must be > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
     if backend == "ray":
         from ponder.jobs.ray_backend import import_ray
+        from ponder.jobs.ray_env import ship_mode
 
-        import_ray()  # a missing extra fails before --out is touched
+        mode = ship_mode(ship, address)  # a bad mode, a missing extra, a Ray that cannot take files: before --out
+        if mode != "none" and import_ray().is_initialized():
+            raise ConfigError(f"ship={ship!r} needs ponder to start the Ray connection (Ray uploads files only "
+                              "through ray.init); this process joined Ray already: pass ship='none', or give "
+                              "ray.init a runtime_env yourself")
+        import_ray()
     stream = stream or sys.stderr
     threads = threads or max(1, int(num_cpus))
     start = time.perf_counter()
@@ -216,7 +226,7 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
 
             outcomes = ray_outcomes(todo, retries, address=address, workers=workers, num_cpus=num_cpus,
                                     num_gpus=num_gpus, threads=threads, fuse=fuse, max_rows=max_rows,
-                                    buckets=buckets, fusion=summary.fusion)
+                                    buckets=buckets, ship=ship, fusion=summary.fusion)
         else:
             outcomes = local_outcomes(todo, retries, threads=threads, fuse=fuse, max_rows=max_rows,
                                       buckets=buckets, fusion=summary.fusion)

@@ -125,7 +125,10 @@ class ModelCache:
             kwargs["verifier"] = self.verifier_for(request.modality, request.verifier, model)
         if request.draft is not None:
             kwargs["draft"] = self.draft_for(request.modality, request.draft)
-        return ponder.generate(model, request.prompt, **kwargs)
+        before = own_time_offset()
+        result = ponder.generate(model, request.prompt, **kwargs)
+        result.compute.seconds += own_time_offset() - before  # its own share of fused work, not its wait
+        return result
 
 
 def quiet_loaders() -> None:
@@ -170,10 +173,7 @@ class Worker:
         """The `Result` of one item spec (a dict of `Item` fields), run as its `Request`."""
         from ponder.request import request_from_item
 
-        before = own_time_offset()
-        result = self.cache.run(request_from_item(spec))
-        result.compute.seconds += own_time_offset() - before  # its own share, when fused
-        return result
+        return self.cache.run(request_from_item(spec))
 
     def render(self, spec: dict, config_hash: str, retries: int = 0) -> Outcome:
         """Render one item into its files, retrying unexpected errors up to `retries` times.

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from ponder.errors import check_int
+from ponder.errors import ConfigError, check_int
 from ponder.kernels.sampling import SamplingParams, sample_from_logits
 from ponder.search.core import Compute, Decoded, SequenceModel, StreamCallback
 from ponder.search.core.capabilities import JoinableCache, device_of
@@ -58,6 +58,7 @@ LENGTH_RATIO = 1.5  # length buckets: prompts batched together differ by at most
 BUCKET_SLACK = 8  # tokens: prompts this much apart always share a bucket, however short
 PREFILLS_KEPT = 16  # prompts whose prefill (one row's keys and values, and its logits) the batch keeps
 
+_DONE = object()  # `RunningBatch._drive`'s "no more tasks"
 _local = threading.local()  # .task: the `_Task` this thread runs inside `RunningBatch.map`
 
 
@@ -185,7 +186,8 @@ class RunningBatch:
 
     Args:
         model: the `SequenceModel` whose plain decoding fuses; its `new_cache()` must be a
-            `JoinableCache` (else every request decodes alone, as today).
+            `JoinableCache` (else every request decodes alone, as today). None: whichever such model
+            decodes while the batch holds no rows (a server whose users switch models).
         max_rows: rows the batch holds before waiting requests queue (>= 1).
         length_ratio: length buckets: a request joins a non-empty batch only while the longest prompt
             among its rows and the batch's is at most this many times the shortest (plus
@@ -202,7 +204,8 @@ class RunningBatch:
         self.model = model
         self.max_rows = max_rows
         self.length_ratio = length_ratio
-        self.joinable = isinstance(model, SequenceModel) and isinstance(model.new_cache(), JoinableCache)
+        self.follows = model is None  # no model given: the batch takes whichever model decodes while it is idle
+        self.joinable = self.follows or _joinable(model)
         self.stats = FusionStats()
         self._pending: deque[_Request] = deque()
         self._running: list[tuple[_Request, int]] = []  # batch row -> (request, its row)
@@ -214,8 +217,13 @@ class RunningBatch:
     # ---- from a task's thread --------------------------------------------------------------------
 
     def accepts(self, model, generators) -> bool:
-        """Whether a plain-decoding call of `model` with `generators` can join this batch."""
-        return self.joinable and model is self.model and generators is not None and not self._closed
+        """Whether a plain-decoding call of `model` with `generators` can join this batch (a batch
+        made without a model takes the caller's model whenever it holds no rows)."""
+        if generators is None or self._closed:
+            return False
+        if self.follows and model is not self.model and not self._running and not self._pending and _joinable(model):
+            self.model, self._kept = model, OrderedDict()
+        return self.joinable and model is self.model
 
     def submit(self, model, prompt_ids: Sequence[Sequence[int]], *, sampling: SamplingParams, max_new_tokens: int,
                generators: list[torch.Generator] | None, stop: StopFn | None,
@@ -249,22 +257,33 @@ class RunningBatch:
     def map(self, tasks: Iterable[Callable[[], Any]], *, max_live: int | None = None) -> Iterator[tuple[int, Any]]:
         """Run `tasks` (zero-argument callables) as fused tasks; yield ``(index, value)`` for each as
         it finishes (a task's exception is re-raised to the caller: catch inside a task to isolate
-        it). At most `max_live` tasks run at once (default `max_rows`); new ones start while the
-        batch has room."""
-        max_live = max_live or self.max_rows
-        queue = deque(enumerate(tasks))
+        it). At most `max_live` tasks run at once (default `max_rows`); new ones are taken from
+        `tasks` (lazily) while the batch has room."""
+        source = iter(enumerate(tasks))
+        return self._drive(lambda block: next(source, _DONE), max_live or self.max_rows)
+
+    def _drive(self, take: Callable[[bool], Any], max_live: int) -> Iterator[tuple[int, Any]]:
+        """The scheduler loop. ``take(block)`` gives the next ``(index, task)``, None when none is
+        waiting (asked with block=False only while tasks are live), or `_DONE` when there are no more."""
         live: list[_Task] = []
+        exhausted = False
         try:
-            while queue or live:
-                while queue and len(live) < max_live and (not live or self._rows_wanted() < self.max_rows):
-                    index, fn = queue.popleft()
-                    task = _Task(self, index, fn)
+            while True:
+                while not exhausted and len(live) < max_live and (not live or self._rows_wanted() < self.max_rows):
+                    got = take(not live)
+                    if got is _DONE:
+                        exhausted = True
+                    if got is None or got is _DONE:
+                        break
+                    task = _Task(self, *got)
                     task.resume()
                     if task.done:
                         yield self._finish(task)
                     else:
                         live.append(task)
                 if not live:
+                    if exhausted:
+                        return
                     continue
                 for request in self._step():
                     request.task.resume()
@@ -438,4 +457,69 @@ class RunningBatch:
         return [request for request in requests if not request.out.active]
 
 
-__all__ = ["MAX_ROWS", "FusionStats", "RunningBatch", "current_batch", "own_time_offset"]
+def _joinable(model) -> bool:
+    return isinstance(model, SequenceModel) and isinstance(model.new_cache(), JoinableCache)
+
+
+class BatchServer:
+    """A running batch behind a thread, for callers on many threads (a server's concurrent users).
+
+    `run(fn)` hands `fn` to the server's thread as a task of one `RunningBatch` (made without a
+    model, so it follows the model users decode with) and blocks until it finishes; its value or
+    its exception comes back to the caller. Tasks take turns as in `RunningBatch.map`, so `fn` may
+    use models and caches shared with other callers' tasks without a lock; plain decoding of
+    concurrent callers fuses into one batch. `close()` stops the thread after the tasks it holds.
+    """
+
+    def __init__(self, *, max_rows: int = MAX_ROWS, max_live: int | None = None):
+        import queue
+
+        self.batch = RunningBatch(None, max_rows=max_rows)
+        self.max_live = max_live or max_rows
+        self._inbox: queue.Queue = queue.Queue()
+        self._count = 0
+        self._thread = threading.Thread(target=self._loop, name="ponder-batch-server", daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` as a task of the batch; its value (or raise its exception)."""
+        from concurrent.futures import Future
+
+        if getattr(_local, "task", None) is not None:  # already a task of a batch: run it in this turn
+            return fn()
+        if not self._thread.is_alive():
+            raise RuntimeError("this BatchServer is closed")
+        future: Future = Future()
+        self._inbox.put((future, fn))
+        return future.result()
+
+    def close(self) -> None:
+        self._inbox.put(_DONE)
+        self._thread.join()
+
+    def _take(self, block: bool):
+        import queue
+
+        try:
+            got = self._inbox.get(block=block)
+        except queue.Empty:
+            return None
+        if got is _DONE:
+            return _DONE
+        future, fn = got
+        self._count += 1
+
+        def task():
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # the caller gets it
+                future.set_exception(err)
+
+        return self._count, task
+
+    def _loop(self) -> None:
+        for _ in self.batch._drive(self._take, self.max_live):
+            pass
+
+
+__all__ = ["MAX_ROWS", "BatchServer", "FusionStats", "RunningBatch", "current_batch", "own_time_offset"]

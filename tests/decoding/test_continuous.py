@@ -174,3 +174,36 @@ def test_a_text_cache_joins_rows_right_aligned_and_hides_the_padding(arith):
     assert running.length == len(short_ids) + 1 and running.attention_mask is None
     again = arith.forward(token[:1], running)[0, -1]
     assert torch.allclose(again, arith.forward(token[:1], short)[0, -1], atol=1e-4)
+
+
+def test_a_batch_server_fuses_callers_on_many_threads_and_hands_back_their_errors(arith):
+    from ponder.search.decoding.continuous import BatchServer
+
+    server = BatchServer(max_rows=16)
+    try:
+        results: dict[int, object] = {}
+
+        def call(i):
+            results[i] = server.run(lambda: _decode(arith, i))
+
+        # while a first caller's task holds the turn, four more callers queue up: they all join one batch
+        busy = threading.Thread(target=lambda: server.run(lambda: time.sleep(0.3)))
+        busy.start()
+        time.sleep(0.05)
+        callers = [threading.Thread(target=call, args=(i,)) for i in (0, 1, 2, 3)]
+        for thread in callers:
+            thread.start()
+        for thread in [busy, *callers]:
+            thread.join(timeout=60)
+        for i in (0, 1, 2, 3):
+            _check_same(results[i], _decode(arith, i))
+        stats = server.batch.stats
+        assert stats.requests == 4 and stats.rows_per_step > 1
+        assert stats.steps < sum(_decode(arith, i).compute.model_calls - 1 for i in (0, 1, 2, 3))
+        with pytest.raises(ZeroDivisionError):
+            server.run(lambda: 1 / 0)
+        assert server.run(lambda: _decode(arith, 1)).tokens == _decode(arith, 1).tokens  # still serving
+    finally:
+        server.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        server.run(lambda: None)
