@@ -5,7 +5,8 @@ Each actor is a `Worker` (the same code the local backend runs), reserving `num_
 loaded across consecutive items; the driver writes every file and the manifest as results arrive.
 With fusion on (the default), each call hands an actor a chunk of items (up to `max_rows`, fewer
 when that spreads the job over every actor) that it renders through its own running decode batch
-(the same continuous batcher as the local backend); the chunk's outcomes come back together. Needs the ``ray`` extra (``pip install 'ponder[ray]'``).
+(the same continuous batcher as the local backend); the chunk's outcomes come back together.
+Needs the ``ray`` extra (``pip install 'ponder[ray]'``).
 """
 
 from __future__ import annotations

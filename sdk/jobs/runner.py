@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -156,7 +156,7 @@ def local_outcomes(items: list[Item], retries: int, threads: int | None = None, 
 def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int = 1, address: str | None = None,
             workers: int | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0, threads: int | None = None,
             fuse: bool = True, max_rows: int = MAX_ROWS, buckets: bool = True, ship: str = "auto",
-            progress: bool = True,
+            on_progress: Callable[[int, int, float | None], None] | None = None, progress: bool = True,
             stream: TextIO | None = None) -> Summary:
     """Render every item of `job` not already done under `out`; return the `Summary`.
 
@@ -182,6 +182,8 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         ship: what a Ray backend's runtime environment brings to the nodes (`ponder.jobs.ray_env`):
             "auto" (ponder, the job's zoo models and ponder's requirements for a cluster given by
             `address`; nothing for a Ray on this machine), "code", "all" or "none".
+        on_progress: called after each item as ``on_progress(items finished or skipped, total, eta)``,
+            eta being the cost model's seconds left (None while it cannot predict some item left).
         progress: draw a progress bar with ETA on `stream`.
         stream: where the progress bar goes (default stderr).
     """
@@ -241,7 +243,10 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
                 if outcome.files is not None:
                     costs.observe(item, int(outcome.compute.get("tokens", 0)), outcome.seconds - outcome.load_seconds)
                 bar.update(1)
-                bar.set_postfix_str(_eta(costs, list(remaining.values()), workers or 1, summary.failed), refresh=False)
+                eta = _eta_seconds(costs, list(remaining.values()), workers or 1)
+                bar.set_postfix_str(_eta(eta, summary.failed), refresh=False)
+                if on_progress is not None:
+                    on_progress(summary.done + summary.failed + summary.skipped, len(job), eta)
         finally:
             costs.save()
             bar.close()
@@ -252,12 +257,20 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
     return summary
 
 
-def _eta(costs: CostTable, remaining: list[Item], workers: int, failed: int) -> str:
-    """The progress bar's note: the cost model's time left (items spread over `workers`), failures."""
-    parts = []
+def _eta_seconds(costs: CostTable, remaining: list[Item], workers: int) -> float | None:
+    """The cost model's time left for `remaining` spread over `workers`; None while some item cannot
+    be predicted (0.0 when nothing is left)."""
     seconds, unknown = costs.estimate(remaining)
-    if remaining and not unknown:
-        parts.append(f"eta {format_seconds(seconds / workers)} (cost model)")
+    if not remaining:
+        return 0.0
+    return None if unknown else seconds / workers
+
+
+def _eta(eta: float | None, failed: int) -> str:
+    """The progress bar's note: the cost model's time left, failures."""
+    parts = []
+    if eta:
+        parts.append(f"eta {format_seconds(eta)} (cost model)")
     if failed:
         parts.append(f"failed={failed}")
     return ", ".join(parts)

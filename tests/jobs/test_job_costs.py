@@ -99,3 +99,14 @@ def test_the_worker_reports_the_time_it_spent_loading(tiny_model_folders):
         worker.close()
     assert first.files and 0 < first.load_seconds < first.seconds
     assert second.load_seconds == 0.0
+
+
+def test_on_progress_reports_each_item_with_the_cost_models_eta(tiny_model_folders, tmp_path):
+    model = str(tiny_model_folders["llama"])
+    job = parse_job({"defaults": {"modality": "text", "model": model, "options": {"max_new_tokens": 4}},
+                     "items": [{"id": f"s{s}", "prompt": "Q: 1+2\n", "seed": s} for s in range(5)]})
+    calls = []
+    run_job(job, tmp_path / "out", threads=1, progress=False, on_progress=lambda *a: calls.append(a))
+    assert [c[:2] for c in calls] == [(k, 5) for k in range(1, 6)]
+    assert calls[-1][2] == 0.0  # nothing left
+    assert all(eta is not None and eta > 0 for _, _, eta in calls[:-1])  # fitted from the first item on
