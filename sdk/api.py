@@ -164,6 +164,9 @@ def generate(
     stream: Callable[[int, str], None] | None = None,
     calibrate: int | None = None,
     lossless: bool = False,
+    guide: str | None = None,
+    context: str | None = None,
+    guide_options: dict | None = None,
     **options,
 ):
     """Generate from `model` with a scaling strategy and a decoder.
@@ -191,15 +194,21 @@ def generate(
             and a strategy that runs on a Denoiser (sample, best-of-n, worst-of-n, the noise searches, ditto, ditto-2).
         lossless: refuse lossy decoders (bild, ead, medusa with acceptance="typical") with a
             ConfigError; ``result.config["lossy"]`` says whether the run's decoder was lossy.
+        guide: a guide (`ponder.search.guides.GUIDES`: "cad") that changes the distribution the model
+            samples from; every strategy and decoder runs on the guided model (a lossless decoder is
+            lossless with respect to the guided distribution). ``result.config["guide"]`` records it.
+        context: the text a context guide puts before the prompt (CAD: contrasted with the prompt alone).
+        guide_options: the guide's own options (CAD: ``alpha``, default 0.5).
         options: strategy-specific options (e.g. beam_width, weight_temperature, resampling,
             ess_threshold, gibbs_iterations, probe, confidence, abstain_below); an option the
             strategy does not take is an error naming the ones it does.
     Returns:
         `ponder.search.core.Result`.
     """
-    from ponder.request import check_sampling
+    from ponder.request import check_guide, check_sampling
     from ponder.search.core import Denoiser
 
+    guide_fn = check_guide(guide, context, guide_options or {})
     spec = registry.of_model(model)
     modality = spec.name
     steps = options.pop("steps", None)
@@ -252,11 +261,18 @@ def generate(
                 emit(row, text)
 
     if isinstance(model, Denoiser):  # no token options: a diffusion strategy takes steps and its own options
+        if guide_fn is not None:
+            name = getattr(model, "name", "this model")
+            raise ConfigError(f"guide {guide!r} guides a sequence model's tokens; {name} is a diffusion model")
         result = strategy_fn(model, prompt, verifier, n=n, seed=seed, **options)
     else:
-        result = strategy_fn(model, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
+        runs_on = model if guide_fn is None else guide_fn(model, context=context, **(guide_options or {}))
+        result = strategy_fn(runs_on, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
                              sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
                              stream=token_stream, **options)
+        if guide_fn is not None:
+            result.config["guide"] = {"name": guide, **(guide_options or {}),
+                                      "context_chars": len(context) if isinstance(context, str) else None}
     if stream is not None:  # flush what was held back (a row that ended inside a character)
         for c in result.candidates:
             if isinstance(c.output, str):

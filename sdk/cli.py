@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ponder.errors import ConfigError, PonderError
+from ponder.errors import ConfigError, InputError, PonderError
 
 
 def _positive_int(text: str) -> int:
@@ -49,23 +49,40 @@ STRATEGY_FLAGS = [
 ]
 
 
-def _strategy_options(args) -> dict:
+def _key_values(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` flags as a dict, each VALUE read as YAML."""
     import yaml
 
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} wants KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{flag} {key}: cannot read value {value!r}: {err}") from None
+    return options
+
+
+def _strategy_options(args) -> dict:
     options = {}
     for flag, _, _ in STRATEGY_FLAGS:
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option wants KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--option {key}: cannot read value {value!r}: {err}") from None
-    return options
+    return {**options, **_key_values(args.option, "--option")}
+
+
+def _context(value: str | None) -> str | None:
+    """--context TEXT, or --context @FILE (the file's text, read as UTF-8)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"--context {value}: cannot read {path}: {err}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +189,13 @@ def _add_generate(sub) -> None:
     gen.add_argument("--lossless", action="store_true",
                      help=f"refuse lossy decoders ({', '.join(sorted(LOSSY))} and lossy options): one error, exit 2")
     gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
+    gen.add_argument("--guide", default=None,
+                     help="change the distribution sampled from (every strategy and decoder runs on the guided "
+                          "model): cad (context-aware decoding: the model with --context, contrasted with it alone)")
+    gen.add_argument("--context", default=None, metavar="TEXT|@FILE",
+                     help="the text a context guide puts before the prompt (@FILE reads a file)")
+    gen.add_argument("--guide-option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="the guide's own options (cad: alpha=0.5, the weight of the contrast)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -260,7 +284,8 @@ def _request(args):
                       verifier=args.verifier, decoder=args.decoder, draft=args.draft, seed=args.seed,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                       max_new_tokens=args.max_new_tokens, stop=list(args.stop or []), calibrate=args.calibrate,
-                      steps=args.steps, lossless=args.lossless, load_options=load_options,
+                      steps=args.steps, lossless=args.lossless, guide=args.guide, context=_context(args.context),
+                      guide_options=_key_values(args.guide_option, "--guide-option"), load_options=load_options,
                       options={**_strategy_options(args), **generate_options})
     try:
         return request.validate()

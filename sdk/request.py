@@ -56,6 +56,9 @@ class Request:
     calibrate: int | None = None
     steps: int | None = None
     lossless: bool = False
+    guide: str | None = None
+    context: str | None = None
+    guide_options: dict = field(default_factory=dict)
     load_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -79,6 +82,7 @@ class Request:
                        top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, max_new_tokens=self.max_new_tokens,
                        calibrate=self.calibrate, has_verifier=self.verifier is not None, steps=self.steps,
                        lossless=self.lossless, options=self.options)
+        check_guide(self.guide, self.context, self.guide_options)
         if self.verifier is not None:
             check_verifier_spec(spec, self.verifier)
         if self.draft is not None:
@@ -205,6 +209,29 @@ def check_generate(spec, *, strategy: Any, n: Any, decoder: Any, temperature: An
     return strategy_fn, check_lossless(decoder, options, lossless)
 
 
+def check_guide(guide: Any, context: Any, guide_options: Any) -> Callable | None:
+    """The guide function `guide` names (None without one), its options checked by name; a
+    ConfigError naming the bad value otherwise."""
+    from ponder.search.guides import get_guide
+
+    if guide is None:
+        if context is not None or guide_options:
+            raise ConfigError("context and guide options need a guide: pass guide='cad' (--guide cad)")
+        return None
+    if not isinstance(guide, str):
+        raise ConfigError(f"guide must be a guide's name, got {guide!r}")
+    fn = get_guide(guide)
+    if context is not None and not isinstance(context, str):
+        raise ConfigError(f"context must be text, got {type(context).__name__}")
+    if not isinstance(guide_options, dict):
+        raise ConfigError(f"guide options must be a mapping of option names to values, got {guide_options!r}")
+    allowed = sorted(set(named_parameters(fn)) - {"model", "context"})
+    unknown = sorted(set(guide_options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"guide {guide!r} takes options {', '.join(allowed) or 'none'}; got {', '.join(unknown)}")
+    return fn
+
+
 def check_load_options(spec, options: dict | None) -> dict:
     """The load options of modality `spec`, each checked; an option of another modality is named as
     theirs, an unknown one lists what the modality takes."""
@@ -291,7 +318,7 @@ def as_stops(stop: Sequence[str] | str | None) -> list[str]:
 
 # fields of `Request` a job item or the demo form carries inside its `options` mapping
 REQUEST_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "stop", "draft", "calibrate", "steps",
-                   "lossless")
+                   "lossless", "guide", "context", "guide_options")
 
 
 def request_from_item(item: dict) -> Request:
