@@ -191,11 +191,13 @@ def _add_generate(sub) -> None:
     gen.add_argument("--draft", default=None, help="draft model (zoo:NAME or folder) for decoders that use one")
     gen.add_argument("--guide", default=None,
                      help="change the distribution sampled from (every strategy and decoder runs on the guided "
-                          "model): cad (context-aware decoding: the model with --context, contrasted with it alone)")
+                          "model): cad (context-aware decoding: the model with --context, contrasted with it alone) | "
+                          "uscd (selective contrast with a lame prompt where the model is uncertain)")
     gen.add_argument("--context", default=None, metavar="TEXT|@FILE",
                      help="the text a context guide puts before the prompt (@FILE reads a file)")
     gen.add_argument("--guide-option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                     help="the guide's own options (cad: alpha=0.5, the weight of the contrast)")
+                     help="the guide's own options (cad: alpha=0.5; uscd: alpha=0.5 threshold=0.3 keep_lines=1 "
+                          "lame=TEXT)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")

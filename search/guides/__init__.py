@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 from ponder.search.core import lookup
 from ponder.search.guides.cad import cad
+from ponder.search.guides.uscd import uscd
 
-GUIDES: dict[str, Callable] = {"cad": cad}
+GUIDES: dict[str, Callable] = {"cad": cad, "uscd": uscd}
 
 
 def get_guide(name: str) -> Callable:
     return lookup(GUIDES, "guide", name)
 
 
-__all__ = ["GUIDES", "cad", "get_guide"]
+__all__ = ["GUIDES", "cad", "get_guide", "uscd"]

@@ -98,3 +98,57 @@ def test_bad_guides_are_one_clear_error(arith):
         cad(arith, context="x", alpha=-1)
     with pytest.raises(ConfigError, match="guide 'cad' takes"):
         ponder.generate(arith, "Q: 1+2\n", guide="cad", context="x", guide_options={"beta": 1})
+
+
+def _uscd_exact(toy: ToyChain, alpha: float, threshold: float, sampling: SamplingParams) -> dict:
+    from ponder.search.guides.uscd import uncertainty
+
+    out = {}
+    for seq in itertools.product(range(toy.vocab), repeat=NEW):
+        prob, done = 1.0, []
+        for token in seq:
+            z = toy.next_logits(CONTEXT + PROMPT + done)
+            if float(uncertainty(z)) > threshold:
+                z = (1 + alpha) * z - alpha * toy.next_logits(PROMPT[-1:] + done)
+            prob *= float(probs_from_logits(z[None], sampling)[0, token])
+            done.append(token)
+        out[seq] = prob
+    return out
+
+
+def test_speculative_on_a_uscd_guided_model_samples_the_guided_distribution():
+    from ponder.search.guides import uscd
+
+    toy = ToyChain(seed=0)
+    guided = uscd(toy, keep_lines=1, alpha=1.0, threshold=0.5)  # lame prompt: the prompt's last token
+    ids = guided.encode(CONTEXT + PROMPT)
+    sampling = SamplingParams(temperature=1.0)
+    out = get_decoder("speculative")(guided, [ids] * SAMPLES, sampling=sampling, max_new_tokens=NEW,
+                                     generators=candidate_generators(3, range(SAMPLES)), draft=ToyChain(seed=1),
+                                     draft_len=2)
+    counts = Counter(tuple(t) for t in out.tokens)
+    assert chi_square_pvalue(counts, _uscd_exact(toy, 1.0, 0.5, sampling), SAMPLES) > 1e-3
+    assert chi_square_pvalue(counts, toy.exact_distribution(CONTEXT + PROMPT, NEW, sampling), SAMPLES) < 1e-6
+
+
+def test_uscd_contrasts_only_where_the_model_is_uncertain(arith):
+    from ponder.search.guides import uscd
+    from ponder.search.guides.uscd import lame_prompt, uncertainty
+
+    prompt = "Q: 5+5\nA: 10\nQ: 12+7*3\n"
+    assert lame_prompt(prompt, 1) == "Q: 12+7*3\n" and lame_prompt(prompt, 2) == "A: 10\nQ: 12+7*3\n"
+    standard = arith.new_cache()
+    z = arith.prefill([arith.encode(prompt)], standard)[0]
+    z_lame = arith.prefill([arith.encode("Q: 12+7*3\n")], arith.new_cache())[0]
+    u = float(uncertainty(z))
+    for threshold, contrasted in ((max(0.0, u - 0.01), True), (min(1.0, u + 0.01), False)):
+        guided = uscd(arith, alpha=0.5, threshold=threshold)
+        ids = guided.encode(prompt)
+        logits = guided.prefill([ids], guided.new_cache())[0]
+        expected = 1.5 * z - 0.5 * z_lame if contrasted else z
+        assert torch.allclose(logits, expected, atol=1e-3)
+    with pytest.raises(ConfigError, match="not with a context"):
+        ponder.generate(arith, prompt, guide="uscd", context="x")
+    result = ponder.generate(arith, prompt, guide="uscd", guide_options={"threshold": 0.2}, max_new_tokens=16,
+                             temperature=0.0)
+    assert result.config["guide"]["name"] == "uscd" and result.best is not None
