@@ -271,7 +271,7 @@ def generate(
                              sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
                              stream=token_stream, **options)
         if guide_fn is not None:
-            result.config["guide"] = {"name": guide, **(guide_options or {}),
+            result.config["guide"] = {"name": guide, **{k: _recorded(v) for k, v in (guide_options or {}).items()},
                                       "context_chars": len(context) if isinstance(context, str) else None}
     if stream is not None:  # flush what was held back (a row that ended inside a character)
         for c in result.candidates:
@@ -290,6 +290,17 @@ def generate(
     if auto_choice is not None:
         result.config["auto"] = auto_choice
     return result
+
+
+def _recorded(value: Any) -> Any:
+    """A guide option as result.config keeps it: texts and lists by their size, not their contents."""
+    if isinstance(value, list):
+        return f"{len(value)} items"
+    if isinstance(value, str) and len(value) > 200:
+        return f"{value[:60]}... ({len(value)} characters)"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return f"{type(value).__name__} object"
 
 
 def _resolve_auto(model, draft, n: int, sampling, options: dict):

@@ -192,12 +192,13 @@ def _add_generate(sub) -> None:
     gen.add_argument("--guide", default=None,
                      help="change the distribution sampled from (every strategy and decoder runs on the guided "
                           "model): cad (context-aware decoding: the model with --context, contrasted with it alone) | "
-                          "uscd (selective contrast with a lame prompt where the model is uncertain)")
+                          "uscd (selective contrast with a lame prompt where the model is uncertain) | knn (kNN-LM: "
+                          "interpolate with a datastore of a corpus)")
     gen.add_argument("--context", default=None, metavar="TEXT|@FILE",
                      help="the text a context guide puts before the prompt (@FILE reads a file)")
     gen.add_argument("--guide-option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                      help="the guide's own options (cad: alpha=0.5; uscd: alpha=0.5 threshold=0.3 keep_lines=1 "
-                          "lame=TEXT)")
+                          "lame=TEXT; knn: corpus=PATH or datastore=FILE.npz, lam=0.25 k=16 temperature=1)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")

@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 from ponder.search.core import lookup
 from ponder.search.guides.cad import cad
+from ponder.search.guides.knn import Datastore, knn
 from ponder.search.guides.uscd import uscd
 
-GUIDES: dict[str, Callable] = {"cad": cad, "uscd": uscd}
+GUIDES: dict[str, Callable] = {"cad": cad, "uscd": uscd, "knn": knn}
 
 
 def get_guide(name: str) -> Callable:
     return lookup(GUIDES, "guide", name)
 
 
-__all__ = ["GUIDES", "cad", "get_guide", "uscd"]
+__all__ = ["GUIDES", "Datastore", "cad", "get_guide", "knn", "uscd"]

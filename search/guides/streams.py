@@ -1,5 +1,6 @@
-"""Guided models over prompt variants ("streams"): ponder's shared machinery for the guides that
-contrast a model's predictions under several prompts (context-aware decoding, contrastive decoding).
+"""Guided models: ponder's shared machinery for guides. `GuidedModel` carries what every guided model
+keeps of its base (tokens, limits, capabilities); `StreamedModel` is the one for guides that contrast
+a model's predictions under several prompts (context-aware decoding, contrastive decoding).
 
 A `StreamedModel` is a `SequenceModel` whose every row runs as S prompt variants of the same
 request — stream s of B rows sits at rows [s·B, (s+1)·B) of one inner cache of the base model — in
@@ -55,23 +56,49 @@ class StreamCache:
         self.inner.select_positions(start, index.repeat(self.streams, 1))
 
 
-class StreamedModel:
-    """`base` guided over prompt variants: `variants(prompt)` gives a request's S prompts (stream 0
-    is the one `encode` returns and decoders see), `combine` the guided logits (see the module)."""
+class GuidedModel:
+    """What every guided model shares: `base`'s tokens, limits and capabilities (each blocked when
+    `base` lacks it), under the guide's `name`. A guide overrides `new_cache`, `prefill` and `forward`."""
 
-    def __init__(self, base, variants: Variants, combine: Combine, *, streams: int, name: str):
-        self.base, self._variants, self._combine, self.streams = base, variants, combine, streams
-        self.name = name
+    def __init__(self, base, name: str):
+        self.base, self.name = base, name
         self.eos_token_ids = base.eos_token_ids
         self.context_length = base.context_length
-        self._known: dict[tuple[int, ...], list[list[int]]] = {}  # stream-0 ids -> every stream's ids
-        self._last: list[list[int]] = []  # the variants `encode` gave last (what `check_length` checks)
         if not isinstance(base, SteppedModel):
             self.is_step_end = None
         if not isinstance(base, AnswerExtractor):
             self.extract_answer = None
         if not isinstance(base, LengthChecked):
             self.check_length = None
+
+    def encode(self, prompt: Any) -> list[int]:
+        return self.base.encode(prompt)
+
+    def decode(self, ids: Sequence[int]) -> Any:
+        return self.base.decode(ids)
+
+    def is_step_end(self, ids: Sequence[int]) -> bool:
+        return self.base.is_step_end(ids)
+
+    def extract_answer(self, output: Any):
+        return self.base.extract_answer(output)
+
+    def check_length(self, prompt_len: int, max_new_tokens: int) -> None:
+        self.base.check_length(prompt_len, max_new_tokens)
+
+    def new_cache(self):
+        return self.base.new_cache()
+
+
+class StreamedModel(GuidedModel):
+    """`base` guided over prompt variants: `variants(prompt)` gives a request's S prompts (stream 0
+    is the one `encode` returns and decoders see), `combine` the guided logits (see the module)."""
+
+    def __init__(self, base, variants: Variants, combine: Combine, *, streams: int, name: str):
+        super().__init__(base, name)
+        self._variants, self._combine, self.streams = variants, combine, streams
+        self._known: dict[tuple[int, ...], list[list[int]]] = {}  # stream-0 ids -> every stream's ids
+        self._last: list[list[int]] = []  # the variants `encode` gave last (what `check_length` checks)
 
     # ---- what decoders and strategies read --------------------------------------------------------
 
@@ -82,15 +109,6 @@ class StreamedModel:
         self._known[tuple(variants[0])] = variants
         self._last = variants
         return variants[0]
-
-    def decode(self, ids: Sequence[int]) -> Any:
-        return self.base.decode(ids)
-
-    def is_step_end(self, ids: Sequence[int]) -> bool:
-        return self.base.is_step_end(ids)
-
-    def extract_answer(self, output: Any):
-        return self.base.extract_answer(output)
 
     def check_length(self, prompt_len: int, max_new_tokens: int) -> None:
         longest = max((len(v) for v in self._last), default=prompt_len)  # every stream must fit
@@ -119,4 +137,4 @@ class StreamedModel:
         return self._combine(logits.float().view(self.streams, b, t, -1))  # [B, T, V]
 
 
-__all__ = ["Combine", "StreamCache", "StreamedModel", "Variants"]
+__all__ = ["Combine", "GuidedModel", "StreamCache", "StreamedModel", "Variants"]

@@ -152,3 +152,76 @@ def test_uscd_contrasts_only_where_the_model_is_uncertain(arith):
     result = ponder.generate(arith, prompt, guide="uscd", guide_options={"threshold": 0.2}, max_new_tokens=16,
                              temperature=0.0)
     assert result.config["guide"]["name"] == "uscd" and result.best is not None
+
+
+FACT = "Q: 12+7*3\n7*3=21\n12+21=33\nA: 99\n"  # a "fact" the model never learned: the datastore holds it
+
+
+def test_knn_lm_interpolates_the_datastore_by_the_rule(arith, tmp_path):
+    from ponder.search.guides import Datastore, knn
+
+    store = Datastore.build(arith, [FACT, "Q: 3*4\n3*4=12\nA: 12\n"])
+    assert len(store) == len(arith.encode(FACT)) + len(arith.encode("Q: 3*4\n3*4=12\nA: 12\n"))  # + EOS each
+    guided = knn(arith, datastore=store, k=4, lam=0.3, temperature=2.0)
+    ids = arith.encode("Q: 12+7*3\n7*3=")
+    cache = arith.new_cache()
+    with arith.capturing_hidden() as box:
+        z = arith.prefill([ids], cache)[0]
+    query = box["hidden"][0, -1]
+    d = ((torch.from_numpy(store.keys) - query) ** 2).sum(-1)  # brute force, not scikit-learn
+    near = d.topk(4, largest=False)
+    p_knn = torch.zeros(z.shape[-1]).index_add_(0, torch.from_numpy(store.values)[near.indices],
+                                                torch.softmax(-near.values / 2.0, -1))
+    expected = torch.log(0.3 * p_knn + 0.7 * torch.softmax(z, -1))
+    assert torch.allclose(guided.prefill([ids], guided.new_cache())[0], expected, atol=1e-4)
+    # saved and loaded, the same datastore gives the same logits
+    again = knn(arith, datastore=str(store.save(tmp_path / "facts")), k=4, lam=0.3, temperature=2.0)
+    assert torch.allclose(again.prefill([ids], again.new_cache())[0], expected, atol=1e-4)
+
+
+def test_a_document_added_to_the_datastore_is_recalled_without_retraining(arith):
+    plain_answer = ponder.generate(arith, "Q: 12+7*3\n", max_new_tokens=40, temperature=0.0).best.output
+    recalled = ponder.generate(arith, "Q: 12+7*3\n", max_new_tokens=40, temperature=0.0, guide="knn",
+                               guide_options={"corpus": [FACT], "lam": 0.8})
+    assert plain_answer.endswith("A: 33\n") and recalled.best.output.endswith("A: 99\n")
+    assert recalled.config["guide"] == {"name": "knn", "corpus": "1 items", "lam": 0.8, "context_chars": None}
+    # lossless decoders stay exact on the guided model: greedy speculative decoding gives its tokens
+    draft = ponder.load("text", "zoo:arith-draft")
+    fast = ponder.generate(arith, "Q: 12+7*3\n", max_new_tokens=40, temperature=0.0, guide="knn",
+                           guide_options={"corpus": [FACT], "lam": 0.8}, decoder="speculative", draft=draft)
+    assert fast.best.output == recalled.best.output
+    off = ponder.generate(arith, "Q: 12+7*3\n", max_new_tokens=40, temperature=0.0, guide="knn",
+                          guide_options={"corpus": [FACT], "lam": 0.0})
+    assert off.best.output == plain_answer
+
+
+def test_knn_and_corpus_input_errors(arith, tmp_path):
+    from ponder.errors import InputError
+    from ponder.search.guides import Datastore, knn
+    from ponder.search.retrieval import read_corpus
+
+    with pytest.raises(ConfigError, match="exactly one of datastore"):
+        knn(arith)
+    with pytest.raises(ConfigError, match="hidden states"):
+        knn(ToyChain(seed=0), corpus=["x"])
+    with pytest.raises(ConfigError, match="lam must be"):
+        knn(arith, corpus=["Q: 1\n"], lam=2)
+    (tmp_path / "docs" / "more").mkdir(parents=True)
+    (tmp_path / "docs" / "a.txt").write_text("first")
+    (tmp_path / "docs" / "more" / "b.md").write_text("second")
+    (tmp_path / "docs" / "skip.bin").write_bytes(b"\x00")
+    assert [(d.id, d.text) for d in read_corpus(tmp_path / "docs")] == [("a.txt", "first"), ("more/b.md", "second")]
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"id": 1, "text": "one"}\n\n{"id": "2", "text": "two"}\n')
+    assert [d.id for d in read_corpus(jsonl)] == ["1", "2"]
+    jsonl.write_text('{"id": 1, "text": "one"}\n{"text": 5}\n')
+    with pytest.raises(InputError, match="line 2"):
+        read_corpus(jsonl)
+    jsonl.write_text('{"id": 1, "text": "one"}\n{"id": 1, "text": "two"}\n')
+    with pytest.raises(InputError, match="same id: 1"):
+        read_corpus(jsonl)
+    with pytest.raises(InputError, match="does not exist"):
+        read_corpus(tmp_path / "nowhere")
+    (tmp_path / "bad.npz").write_bytes(b"not a datastore")
+    with pytest.raises(InputError, match="not a ponder kNN-LM datastore"):
+        Datastore.load(tmp_path / "bad.npz")
