@@ -61,4 +61,13 @@ def read_corpus(path: str | Path) -> list[Document]:
     return documents
 
 
-__all__ = ["Document", "read_corpus"]
+
+def write_corpus(documents: list[Document], path: str | Path) -> Path:
+    """`documents` as a JSONL corpus at `path` (what `read_corpus` reads back)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps({"id": d.id, "text": d.text}, ensure_ascii=False) + "\n" for d in documents),
+                    encoding="utf-8")
+    return path
+
+
+__all__ = ["Document", "read_corpus", "write_corpus"]
