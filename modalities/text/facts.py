@@ -101,7 +101,8 @@ class World:
         for name in names:
             world.cities[name] = City(name, rng.choice(COUNTRIES))
         person_names = _unique(rng, people, lambda: f"{rng.choice(FIRST)} {rng.choice(LAST)}")
-        company_names = _unique(rng, companies, lambda: f"{rng.choice(COMPANY_PARTS[0])} {rng.choice(COMPANY_PARTS[1])}")
+        company_names = _unique(rng, companies,
+                                lambda: f"{rng.choice(COMPANY_PARTS[0])} {rng.choice(COMPANY_PARTS[1])}")
         for name in company_names:
             world.companies[name] = Company(name, rng.choice(names), rng.randint(1850, 2015), rng.choice(person_names))
         for name in person_names:
