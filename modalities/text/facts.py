@@ -3,7 +3,8 @@ with single-hop and multi-hop questions that have exact answers — the offline 
 and retrieval methods (CAD, kNN-LM, RAG) are measured (the `zoo:facts` LM is trained on part of it).
 
 Everything follows from one seed. Entities are held out by a hash of their name (`HELD_OUT_PERCENT`),
-so a held-out entity is the same in every run and never appears in what the model trains on.
+so a held-out entity is the same in every run; a known entity's attributes name only known entities,
+so no known document mentions a held-out one and the model never trains on one.
 Question sets:
 
 - `questions(entities)`: single-hop (an attribute of one entity) and multi-hop (a person's company's
@@ -103,11 +104,19 @@ class World:
         person_names = _unique(rng, people, lambda: f"{rng.choice(FIRST)} {rng.choice(LAST)}")
         company_names = _unique(rng, companies,
                                 lambda: f"{rng.choice(COMPANY_PARTS[0])} {rng.choice(COMPANY_PARTS[1])}")
+        # a known entity names only known ones, so no training text ever mentions a held-out entity
+        known = {kind: [n for n in pool if not held_out(n)] or pool
+                 for kind, pool in (("city", names), ("person", person_names), ("company", company_names))}
+
+        def pick(kind: str, pool: list[str], for_name: str) -> str:
+            return rng.choice(pool if held_out(for_name) else known[kind])
+
         for name in company_names:
-            world.companies[name] = Company(name, rng.choice(names), rng.randint(1850, 2015), rng.choice(person_names))
+            world.companies[name] = Company(name, pick("city", names, name), rng.randint(1850, 2015),
+                                            pick("person", person_names, name))
         for name in person_names:
-            world.people[name] = Person(name, rng.choice(names), rng.randint(1930, 2004), rng.choice(PROFESSIONS),
-                                        rng.choice(company_names))
+            world.people[name] = Person(name, pick("city", names, name), rng.randint(1930, 2004),
+                                        rng.choice(PROFESSIONS), pick("company", company_names, name))
         return world
 
     # ---- documents --------------------------------------------------------------------------------
@@ -227,4 +236,23 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-__all__ = ["World", "Question", "held_out"]
+# ---- the prompts the zoo model is trained on and measured with ---------------------------------
+
+
+def closed_book_prompt(question: str) -> str:
+    """A question alone (the model answers from what it memorised)."""
+    return f"Question: {question}\nAnswer:"
+
+
+def reading_prompt(documents: list[str], question: str) -> str:
+    """Documents, then the question (the model reads the answer from them)."""
+    return "".join(f"Document: {d}\n" for d in documents) + closed_book_prompt(question)
+
+
+def answer_of(output: str) -> str:
+    """The answer a completion gives: its first line, stripped (and a final full stop dropped)."""
+    line = output.strip().splitlines()[0].strip() if output.strip() else ""
+    return line[:-1] if line.endswith(".") else line
+
+
+__all__ = ["Question", "World", "answer_of", "closed_book_prompt", "held_out", "reading_prompt"]

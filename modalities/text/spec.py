@@ -81,6 +81,9 @@ SPEC = ModalitySpec(
              "own source files", recipe=_TRAIN_PYCODE),
         _zoo("pycode-draft", "draft", "one-layer Llama distilled from pycode (same BPE), for speculative decoding",
              recipe=_TRAIN_PYCODE),
+        _zoo("facts", "model", "character-level Llama that knows the facts world's known entities and reads "
+             "documents (2048-character context): the context and retrieval methods' model",
+             recipe="ponder.modalities.text.train_facts"),
         _zoo("exact", "verifier", "exact checker for arith: 1 if the answer is right (no weights)", recipe=None,
              weights=False),
     ),

@@ -52,3 +52,9 @@ def test_conflict_and_unseen_sets(tmp_path):
     assert len(read_corpus(folder / "corpus.jsonl")) == len(world.entities())
     lines = (folder / "conflicts.jsonl").read_text().splitlines()
     assert len(lines) == 200 and json.loads(lines[0])["question"]["kind"] == "conflict"
+
+
+def test_no_known_document_mentions_a_held_out_entity():
+    world = World.generate(0)
+    text = " ".join(d["text"] for d in world.corpus(held=False))
+    assert not any(name in text for name in world.entities() if held_out(name))
