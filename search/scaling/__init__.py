@@ -4,8 +4,9 @@
 
 Names (CLI ``--strategy`` and ``ponder.generate(strategy=...)``; ``_`` and ``-`` are the same):
 sample, best-of-n, weighted-best-of-n, worst-of-n, self-consistency, rpc, beam, dvts, diverse-beam,
-particles, compute-optimal, adaptive; over a diffusion `Denoiser`: noise-random, noise-zero-order,
-noise-paths, and the noise optimisers ditto and ditto-2 (with a differentiable verifier).
+particles, compute-optimal, adaptive, rag (retrieval-augmented, with answer reranking); over a
+diffusion `Denoiser`: noise-random, noise-zero-order, noise-paths, and the noise optimisers ditto and
+ditto-2 (with a differentiable verifier).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ponder.search.scaling.noise_paths import noise_paths
 from ponder.search.scaling.noise_random import noise_random
 from ponder.search.scaling.noise_zero_order import noise_zero_order
 from ponder.search.scaling.particle_filter import particle_filter
+from ponder.search.scaling.rag import rag
 from ponder.search.scaling.rpc import rpc
 from ponder.search.scaling.sample import sample
 from ponder.search.scaling.self_consistency import self_consistency
@@ -42,6 +44,7 @@ STRATEGIES: dict[str, Callable] = {
     "particles": particle_filter,
     "compute-optimal": compute_optimal,
     "adaptive": adaptive,
+    "rag": rag,
     "noise-random": noise_random,
     "noise-zero-order": noise_zero_order,
     "noise-paths": noise_paths,

@@ -37,7 +37,7 @@ def outs(res):
 def test_every_strategy_is_registered_under_its_cli_name():
     assert set(STRATEGIES) == {"sample", "best-of-n", "weighted-best-of-n", "worst-of-n", "self-consistency", "rpc",
                                "beam", "dvts", "diverse-beam", "particles", "compute-optimal", "adaptive",
-                               "noise-random", "noise-zero-order", "noise-paths", "ditto", "ditto-2"}
+                               "noise-random", "noise-zero-order", "noise-paths", "ditto", "ditto-2", "rag"}
     assert get_strategy("best_of_n") is best_of_n
     with pytest.raises(ConfigError, match="allowed"):
         get_strategy("mcts")
