@@ -28,6 +28,7 @@ from ponder.search.decoding.mc_sjd import mc_sjd
 from ponder.search.decoding.medusa import medusa
 from ponder.search.decoding.plain import plain
 from ponder.search.decoding.prompt_lookup import prompt_lookup
+from ponder.search.decoding.rapid import rapid
 from ponder.search.decoding.recycled import recycled
 from ponder.search.decoding.rsd import rsd
 from ponder.search.decoding.sjd import sjd
@@ -59,6 +60,7 @@ DECODERS: dict[str, Callable] = {
     "ead": ead,
     "auto": auto,
     "recycled": recycled,
+    "rapid": rapid,
 }
 
 # decoders whose output is NOT distributed as plain sampling's (refused under lossless=True / --lossless)
