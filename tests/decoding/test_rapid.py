@@ -40,7 +40,8 @@ def test_greedy_rapid_on_a_long_code_prompt_is_the_targets_greedy_output(pycode)
     from ponder.bench.pycode_workload import pycode_workload
 
     target, draft = pycode
-    prompts = [target.encode(p) for p in pycode_workload(target, count=2, prompt_tokens=1200, max_new_tokens=24).prompts]
+    workload = pycode_workload(target, count=2, prompt_tokens=1200, max_new_tokens=24)
+    prompts = [target.encode(p) for p in workload.prompts]
     greedy = SamplingParams(temperature=0.0)
     stats: dict = {}
     fast = rapid(target, prompts, sampling=greedy, max_new_tokens=24, draft=draft, stats=stats)
