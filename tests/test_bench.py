@@ -18,7 +18,7 @@ def _check_shape(report, name):
         assert isinstance(g["met"], bool) and isinstance(g["value"], float)
 
 
-@pytest.mark.parametrize("name", ["text-overhead", "text-zoo", "text-verifiers", "text-scaling", "render"])
+@pytest.mark.parametrize("name", ["text-overhead", "text-zoo", "text-verifiers", "text-scaling", "render", "context"])
 def test_bench_json_has_the_design_shape(capsys, tmp_path, name):
     code = main(["bench", name, "--quick", "--json", "--plot", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)

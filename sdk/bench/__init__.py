@@ -64,6 +64,12 @@ def _render(**kw):
     return run(**kw)
 
 
+def _context(**kw):
+    from ponder.bench.context import run
+
+    return run(**kw)
+
+
 def _images(**kw):
     from ponder.bench.images import run
 
@@ -99,6 +105,9 @@ BENCHES: dict[str, BenchSpec] = {
                         ">= 3x items/s, identical outputs), one worker and two Ray workers: rows per step, padding "
                         "(goal <= 15 % with length buckets), the cost model's ETA after the first 10 % (goal "
                         "within 20 %)", _render),
+    "context": BenchSpec("RAPID (draft reads retrieved chunks) vs speculative and plain decoding on ~1900-token "
+                         "zoo:pycode prompts (goal >= 1.5x plain, lossless); the zoo:facts parts are not built",
+                         _context),
     "images": BenchSpec("zoo:digits noise search (random / zero-order / paths) vs more denoising steps at equal NFEs "
                         "on a held-out judge (+ SJD vs plain AR on zoo:digits-ar when present)", _images),
     "images-ditto": BenchSpec("zoo:digits DITTO / DITTO-2 noise optimisation (classifier log-prob) vs plain sampling "
