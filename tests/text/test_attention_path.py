@@ -35,7 +35,7 @@ def drafts():
 def _draft_for(name, drafts):
     if name in ("medusa", "chimera"):
         return drafts[name]
-    if name in ("speculative", "spec-adaptive", "tree", "dyspec", "rsd", "spectr", "auto", "bild", "ead"):
+    if name in ("speculative", "spec-adaptive", "tree", "dyspec", "rsd", "spectr", "auto", "bild", "ead", "rapid"):
         return drafts["draft"]
     return None
 
