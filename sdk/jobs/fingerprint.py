@@ -5,7 +5,9 @@ the model, a ``draft`` option, each verifier part — where a spec resolves when
 a bare zoo name, as ``--verifier prm``) with built weights, or a local folder. A folder's fingerprint
 is sha256 over its files' relative paths and contents (every regular file, sorted), so replacing
 weights under the same name changes it, and copying or touching the files does not. Specs that name
-no folder (``exact``, ``self``) add nothing; an item with no folder at all has no fingerprint.
+no folder (``exact``, ``self``) add nothing; an item with no folder at all has no fingerprint. The
+data an item's options name — a guide's ``corpus`` or ``datastore``, the rag strategy's
+``retriever`` index (a folder or a file) — counts too, so changed documents re-render the item.
 
 Contents are hashed once per (path, size, mtime) and remembered in ``$PONDER_HOME/fingerprints.json``
 (default ``~/.cache/ponder``), so a resumed job of large models does not re-read their weights.
@@ -79,6 +81,33 @@ def _specs(item: Item) -> list[str]:
     return specs
 
 
+DATA_OPTIONS = ("corpus", "datastore", "retriever")  # options naming data a render reads (guides, rag)
+
+
+def _data_paths(item: Item) -> list[Path]:
+    """The corpus / datastore / index paths an item's options name (a guide's or the rag strategy's)."""
+    found = []
+    for options in (item.options, item.options.get("guide_options") or {}):
+        if not isinstance(options, dict):
+            continue
+        for name in DATA_OPTIONS:
+            value = options.get(name)
+            if isinstance(value, str) and Path(value).expanduser().exists():
+                found.append(Path(value).expanduser())
+    return found
+
+
+def _path_fingerprint(path: Path) -> str:
+    if path.is_dir():
+        return folder_fingerprint(path)
+    cache = read_state(_CACHE_NAME)
+    before = dict(cache)
+    digest = _file_digest(path, cache)
+    if cache != before:
+        write_state(_CACHE_NAME, cache)
+    return digest
+
+
 def item_fingerprint(item: Item, memo: dict[str, str] | None = None) -> str | None:
     """The item's weights fingerprint (see the module docstring), or None when no spec names a folder.
 
@@ -93,6 +122,11 @@ def item_fingerprint(item: Item, memo: dict[str, str] | None = None) -> str | No
         if key not in memo:
             memo[key] = folder_fingerprint(folder)
         parts.append(f"{spec}={memo[key]}")
+    for path in _data_paths(item):  # the data a guide or rag reads: new documents re-render the item
+        key = str(path.resolve())
+        if key not in memo:
+            memo[key] = _path_fingerprint(path)
+        parts.append(f"data:{path}={memo[key]}")
     if not parts:
         return None
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

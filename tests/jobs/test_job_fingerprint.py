@@ -78,3 +78,23 @@ def test_fingerprints_follow_contents_and_every_named_folder(model_copy, tmp_pat
     no_folder = parse_job({"defaults": {"modality": "text", "model": str(tmp_path / "missing")},
                            "items": [{"id": "a", "prompt": "Q: 1+2\n"}]})
     assert item_fingerprint(no_folder.items[0]) is None
+
+
+def test_a_guides_corpus_and_a_rag_index_count_as_the_items_data(tmp_path):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text('{"id": "a", "text": "Q: 1+2\\nA: 3"}\n')
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "index.json").write_text("{}")
+    job = parse_job({"defaults": {"modality": "text", "model": "zoo:arith"},
+                     "items": [{"id": "g", "prompt": "Q: 1+2\n",
+                                "options": {"guide": "knn", "guide_options": {"corpus": str(corpus)}}},
+                               {"id": "r", "prompt": "Q: 1+2\n", "strategy": "rag",
+                                "options": {"retriever": str(index)}},
+                               {"id": "p", "prompt": "Q: 1+2\n"}]})
+    guided, rag, plain = (item_fingerprint(item) for item in job.items)
+    assert len({guided, rag, plain}) == 3
+    corpus.write_text('{"id": "a", "text": "Q: 1+2\\nA: 4"}\n')  # new documents under the same path
+    (index / "index.json").write_text('{"kind": "bm25"}')
+    assert item_fingerprint(job.items[0]) != guided and item_fingerprint(job.items[1]) != rag
+    assert item_fingerprint(job.items[2]) == plain
