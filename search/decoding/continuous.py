@@ -107,11 +107,8 @@ class FusionStats:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "row_steps": self.row_steps, "kv_positions": self.kv_positions,
-                "padding_positions": self.padding_positions, "rows_per_step": round(self.rows_per_step, 2),
-                "padding_fraction": round(self.padding_fraction, 4), "requests": self.requests,
-                "prefills": self.prefills, "shared_prefills": self.shared_prefills, "alone": self.alone,
-                "bucket_waits": self.bucket_waits}
+        return {**dataclasses.asdict(self), "rows_per_step": round(self.rows_per_step, 2),
+                "padding_fraction": round(self.padding_fraction, 4)}
 
 
 class _Task:
@@ -172,13 +169,22 @@ class _Request:
     generators: list[torch.Generator]
     states: list[torch.Tensor]  # the generators' states at submit, to decode alone from scratch
     out: RowOutputs
-    compute: Compute = field(default_factory=Compute)
     rows: list[int] = field(default_factory=list)  # this request's rows now in the running batch
     alone: bool = False  # decode by plain decoding in the task's own turn
 
     @property
     def size(self) -> int:
         return len(self.prompt_ids)
+
+    @property
+    def compute(self) -> Compute:
+        return self.out.compute
+
+    @property
+    def shared_prompt(self) -> tuple[int, ...] | None:
+        """The prompt every row of the request shares (what one prefill serves), else None."""
+        first = self.prompt_ids[0]
+        return tuple(first) if all(p == first for p in self.prompt_ids) else None
 
 
 class RunningBatch:
@@ -241,7 +247,6 @@ class RunningBatch:
             return out.decoded()
         request = _Request(task, [list(p) for p in prompt_ids], sampling, list(generators),
                            [g.get_state() for g in generators], out)
-        request.compute = out.compute
         self._pending.append(request)
         self.stats.requests += 1
         task.wait_for_turn()
@@ -304,6 +309,10 @@ class RunningBatch:
             raise task.error
         return task.index, task.value
 
+    def _running_requests(self) -> list[_Request]:
+        """The requests with rows in the batch, each once, in row order."""
+        return list({id(r): r for r, _ in self._running}.values())
+
     def _rows_wanted(self) -> int:
         return len(self._running) + sum(request.size for request in self._pending)
 
@@ -317,10 +326,11 @@ class RunningBatch:
             if self._running:
                 finished += self._decode()
         except Exception:  # a failed batched forward: every request in it decodes alone, so a bad one fails alone
-            for request in {id(r): r for r, _ in self._running}.values():
+            running = self._running_requests()
+            for request in running:
                 request.alone = True
-                finished.append(request)
-            self.stats.alone += len({id(r) for r, _ in self._running})
+            finished += running
+            self.stats.alone += len(running)
             self._running, self._last, self._cache = [], [], None
         return finished
 
@@ -345,10 +355,8 @@ class RunningBatch:
             lo, hi = (length, length) if lo is None else (min(lo, length), max(hi, length))
         users: dict[tuple[int, ...], list[_Request]] = {}
         for request in admitted:
-            first = request.prompt_ids[0]
-            key = tuple(first) if all(p == first for p in request.prompt_ids) else None
-            if key is not None:
-                users.setdefault(key, []).append(request)
+            if request.shared_prompt is not None:
+                users.setdefault(request.shared_prompt, []).append(request)
         finished: list[_Request] = []
         for request in admitted:
             try:
@@ -389,8 +397,7 @@ class RunningBatch:
         """(a prefilled cache, which of its rows each of the request's rows is [B], the next-token
         logits [B, V]), as plain decoding's prefill leaves them. A prompt shared by every row is
         prefilled once (one row) for all requests of this step with it, and kept for later ones."""
-        first = request.prompt_ids[0]
-        key = tuple(first) if all(p == first for p in request.prompt_ids) else None
+        key = request.shared_prompt
         start = time.perf_counter()
         if key is None:
             cache = self.model.new_cache()
@@ -403,7 +410,7 @@ class RunningBatch:
             self.stats.shared_prefills += 1
         else:
             cache = self.model.new_cache()
-            logits = self.model.prefill([first], cache)  # [1, V]
+            logits = self.model.prefill([list(key)], cache)  # [1, V]
             self.stats.prefills += 1
             self._kept[key] = (cache, logits)
             while len(self._kept) > PREFILLS_KEPT:
@@ -425,7 +432,7 @@ class RunningBatch:
         self.stats.row_steps += rows
         self.stats.kv_positions += rows * length
         self.stats.padding_positions += 0 if mask is None else int((mask == 0).sum())
-        requests = list({id(r): r for r, _ in self._running}.values())
+        requests = self._running_requests()
         logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
         share = {id(request): len(request.rows) for request in requests}
         for request in requests:
