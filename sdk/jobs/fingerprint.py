@@ -68,7 +68,8 @@ def spec_folder(spec: str) -> Path | None:
         return None
 
 
-def _specs(item: Item) -> list[str]:
+def item_specs(item: Item) -> list[str]:
+    """The model, draft and verifier specs an item names."""
     specs = [item.model]
     draft = item.options.get("draft")
     if isinstance(draft, str):
@@ -114,7 +115,7 @@ def item_fingerprint(item: Item, memo: dict[str, str] | None = None) -> str | No
     memo: folder -> fingerprint, shared by the items of one job run so each folder is walked once."""
     memo = {} if memo is None else memo
     parts = []
-    for spec in _specs(item):
+    for spec in item_specs(item):
         folder = spec_folder(spec)
         if folder is None:
             continue
@@ -132,4 +133,4 @@ def item_fingerprint(item: Item, memo: dict[str, str] | None = None) -> str | No
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-__all__ = ["folder_fingerprint", "item_fingerprint", "spec_folder"]
+__all__ = ["folder_fingerprint", "item_fingerprint", "item_specs", "spec_folder"]

@@ -72,7 +72,7 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
     """
     import tempfile
 
-    from ponder.jobs.ray_env import runtime_env, ship_mode
+    from ponder.jobs.ray_env import check_can_ship, runtime_env, ship_mode
 
     mode = ship_mode(ship, address)
     ray = import_ray()
@@ -82,6 +82,7 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
     actors = []
     scratch = tempfile.TemporaryDirectory(prefix="ponder-ray-ship-")
     try:
+        check_can_ship(mode, ship, ray)
         if not ray.is_initialized():
             # Ray uploads local files only for a job's own runtime environment, given to ray.init
             env = runtime_env(items, mode, Path(scratch.name))
@@ -91,10 +92,6 @@ def ray_outcomes(items: list[Item], retries: int, *, address: str | None = None,
             except ConnectionError as err:
                 raise ConfigError(f"cannot reach a Ray cluster at {address!r}: {err}") from None
             started = True
-        elif mode != "none":
-            raise ConfigError(f"--ship {ship} needs ponder to start the Ray connection (Ray uploads files only "
-                              "through ray.init); this process joined Ray already: pass ship='none', or give "
-                              "ray.init a runtime_env yourself")
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         count = workers or max(1, int(cluster_cpus // num_cpus))
         count = min(count, len(items))

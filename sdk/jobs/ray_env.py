@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 
 from ponder.errors import ConfigError
-from ponder.jobs.fingerprint import _specs, spec_folder
+from ponder.jobs.fingerprint import item_specs, spec_folder
 from ponder.jobs.spec import Item
 
 SHIP_MODES = ("auto", "code", "all", "none")
@@ -44,6 +44,15 @@ def ship_mode(ship: str, address: str | None) -> str:
     if ship == "auto":
         return "all" if address else "none"
     return ship
+
+
+def check_can_ship(mode: str, ship: str, ray) -> None:
+    """A ConfigError when `mode` ships files but this process joined Ray already (Ray takes a job's
+    files only through its own ``ray.init``)."""
+    if mode != "none" and ray.is_initialized():
+        raise ConfigError(f"ship={ship!r} needs ponder to start the Ray connection (Ray uploads files only "
+                          "through ray.init); this process joined Ray already: pass ship='none', or give "
+                          "ray.init a runtime_env yourself")
 
 
 def _room_folder(module: str) -> Path:
@@ -63,12 +72,12 @@ def stage_package(items: list[Item], into: Path) -> Path:
     for name, place in ROOMS.items():
         shutil.copytree(_room_folder(name), target / place if place else target, dirs_exist_ok=True, ignore=skip)
     for item in items:
-        for spec in _specs(item):
+        for spec in item_specs(item):
             folder = spec_folder(spec)
             if folder is not None and modalities in folder.resolve().parents:  # a zoo model: ships where ponder looks
                 folder = folder.resolve()
                 shutil.copytree(folder, target / "modalities" / folder.relative_to(modalities), dirs_exist_ok=True,
-                                ignore=lambda f, names: {n for n in names if n.startswith(".") or n == "__pycache__"})
+                                ignore=skip)
     return target
 
 
@@ -96,14 +105,11 @@ def build_wheel(items: list[Item], scratch: Path) -> Path:
     def digest(data: bytes) -> str:
         return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
+    files = [(path.relative_to(stage.parent).as_posix(), path.read_bytes())
+             for path in sorted(p for p in stage.rglob("*") if p.is_file())]
+    files += [(name, text.encode()) for name, text in extra.items()]
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
-            name = path.relative_to(stage.parent).as_posix()
-            data = path.read_bytes()
-            archive.writestr(name, data)
-            record.append(f"{name},{digest(data)},{len(data)}")
-        for name, text in extra.items():
-            data = text.encode()
+        for name, data in files:
             archive.writestr(name, data)
             record.append(f"{name},{digest(data)},{len(data)}")
         record.append(f"{info}/RECORD,,")
@@ -134,4 +140,4 @@ def runtime_env(items: list[Item], mode: str, scratch: Path) -> dict | None:
     return env
 
 
-__all__ = ["SHIP_MODES", "build_wheel", "requirements", "runtime_env", "ship_mode", "stage_package"]
+__all__ = ["SHIP_MODES", "build_wheel", "check_can_ship", "requirements", "runtime_env", "ship_mode", "stage_package"]

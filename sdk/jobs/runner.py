@@ -201,14 +201,10 @@ def run_job(job: Job, out: str | Path, *, backend: str = "local", retries: int =
         raise ConfigError(f"num_cpus must be > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
     if backend == "ray":
         from ponder.jobs.ray_backend import import_ray
-        from ponder.jobs.ray_env import ship_mode
+        from ponder.jobs.ray_env import check_can_ship, ship_mode
 
-        mode = ship_mode(ship, address)  # a bad mode, a missing extra, a Ray that cannot take files: before --out
-        if mode != "none" and import_ray().is_initialized():
-            raise ConfigError(f"ship={ship!r} needs ponder to start the Ray connection (Ray uploads files only "
-                              "through ray.init); this process joined Ray already: pass ship='none', or give "
-                              "ray.init a runtime_env yourself")
-        import_ray()
+        # a bad mode, a missing extra, a Ray that cannot take files: all before --out is touched
+        check_can_ship(ship_mode(ship, address), ship, import_ray())
     stream = stream or sys.stderr
     threads = threads or max(1, int(num_cpus))
     start = time.perf_counter()

@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,13 @@ class Outcome:
     load_seconds: float = 0.0  # of `seconds`, the time spent loading models, verifiers and drafts
 
 
+def model_key(modality: str, spec: str, load_options: dict | None = None) -> tuple[str, ...]:
+    """What a worker holds one model for: (modality, spec), and the load options when there are any."""
+    if not load_options:
+        return (modality, spec)
+    return (modality, spec, json.dumps(load_options, sort_keys=True))
+
+
 class ModelCache:
     """The models, verifiers and drafts a worker has loaded, for one (modality, model) at a time."""
 
@@ -68,50 +76,48 @@ class ModelCache:
         """Seconds of loading done by this thread (an item's own, when items run as fused tasks)."""
         return getattr(self._mine, "seconds", 0.0)
 
-    def _loaded(self, start: float) -> None:
-        spent = time.perf_counter() - start
-        self.load_seconds += spent
-        self._mine.seconds = self.own_load_seconds() + spent
+    @contextmanager
+    def _loading(self) -> Iterator[None]:
+        """Count the body's time as loading: the worker's, and this thread's own."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.load_seconds += spent
+            self._mine.seconds = self.own_load_seconds() + spent
 
     def model_for(self, modality: str, spec: str, load_options: dict | None = None):
         """The loaded model for (modality, spec, load options), loading it (once) if the worker holds
         another."""
         load_options = dict(load_options or {})
-        key = (modality, spec) if not load_options else (modality, spec, json.dumps(load_options, sort_keys=True))
+        key = model_key(modality, spec, load_options)
         if key != self.key:
             self.key, self.model, self.error = key, None, None
             self.verifiers.clear()
             self.drafts.clear()
             self.loads += 1
-            start = time.perf_counter()
-            try:
-                self.model = self._load(modality, spec, **load_options)
-            except PonderError as err:
-                self.error = err
-            except Exception as err:  # a broken folder fails in transformers with many error types
-                self.error = ModelLoadError(f"cannot load {modality} model {spec!r}: {type(err).__name__}: {err}")
-            finally:
-                self._loaded(start)
+            with self._loading():
+                try:
+                    self.model = self._load(modality, spec, **load_options)
+                except PonderError as err:
+                    self.error = err
+                except Exception as err:  # a broken folder fails in transformers with many error types
+                    self.error = ModelLoadError(f"cannot load {modality} model {spec!r}: {type(err).__name__}: {err}")
         if self.error is not None:
             raise self.error
         return self.model
 
     def verifier_for(self, modality: str, spec: str, model):
         if spec not in self.verifiers:
-            start = time.perf_counter()
-            try:
+            with self._loading():
                 self.verifiers[spec] = self._load_verifier(modality, spec, model=model)
-            finally:
-                self._loaded(start)
         return self.verifiers[spec]
 
     def draft_for(self, modality: str, spec: str):
         if spec not in self.drafts:
-            start = time.perf_counter()
-            try:
+            with self._loading():
                 self.drafts[spec] = self._load(modality, spec)
-            finally:
-                self._loaded(start)
         return self.drafts[spec]
 
     def run(self, request):
@@ -203,10 +209,7 @@ class Worker:
                     return Outcome(spec["id"], config_hash, error=_one_line(err) + _where(err), attempts=attempts,
                                    seconds=_clock() - start)
 
-    def render_batch(self, batch: list[tuple[dict, str]], retries: int = 0, *, fuse: bool = False,
-                     max_rows: int = MAX_ROWS, buckets: bool = True) -> list[Outcome]:
-        if fuse:
-            return list(self.render_fused(batch, retries, max_rows=max_rows, buckets=buckets))
+    def render_batch(self, batch: list[tuple[dict, str]], retries: int = 0) -> list[Outcome]:
         return [self.render(spec, config_hash, retries) for spec, config_hash in batch]
 
     def render_fused(self, batch: list[tuple[dict, str]], retries: int = 0, *, max_rows: int = MAX_ROWS,
@@ -247,7 +250,7 @@ def _model_key(spec: dict) -> tuple:
         request = _request(spec)
     except PonderError:
         return ("invalid", spec.get("id"))
-    return (request.modality, request.model, json.dumps(request.load_options or {}, sort_keys=True))
+    return model_key(request.modality, request.model, request.load_options)
 
 
 def _model_runs(batch: list[tuple[dict, str]]) -> list[list[tuple[dict, str]]]:
