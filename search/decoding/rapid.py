@@ -27,6 +27,7 @@ from ponder.search.core.capabilities import display_name
 from ponder.search.decoding.chain import require_draft
 from ponder.search.decoding.outputs import StopFn
 from ponder.search.decoding.speculative import speculative
+from ponder.search.guides.streams import GuidedModel
 
 
 def short_context(draft, ids: Sequence[int], *, chunk: int, k: int, tail: int) -> list[int]:
@@ -52,36 +53,19 @@ def short_context(draft, ids: Sequence[int], *, chunk: int, k: int, tail: int) -
     return head + [t for i in kept for t in chunks[i]] + end
 
 
-class RetrievedContextDraft:
+class RetrievedContextDraft(GuidedModel):
     """`draft` seen through RAPID's short context: its prefill reads `short_context` of each prompt;
-    everything else is the draft's own (its cache, its forwards over the drafted tokens)."""
+    everything else is the draft's own (its tokenizer, its cache, its forwards over the drafted tokens)."""
 
     def __init__(self, draft, *, chunk: int, k: int, tail: int):
-        self.draft, self.chunk, self.k, self.tail = draft, chunk, k, tail
-        self.eos_token_ids = draft.eos_token_ids
-        self.context_length = draft.context_length
-        self.name = f"rapid-draft({display_name(draft)})"
+        super().__init__(draft, f"rapid-draft({display_name(draft)})")
+        self.chunk, self.k, self.tail = chunk, k, tail
         self.prompt_lengths: list[int] = []  # the short prompts' lengths (the bench reports them)
-        for attr in ("tokenizer", "vocab_size"):
-            if hasattr(draft, attr):
-                setattr(self, attr, getattr(draft, attr))
-
-    def encode(self, prompt):
-        return self.draft.encode(prompt)
-
-    def decode(self, ids):
-        return self.draft.decode(ids)
-
-    def new_cache(self):
-        return self.draft.new_cache()
 
     def prefill(self, prompt_ids, cache) -> torch.Tensor:
-        short = [short_context(self.draft, ids, chunk=self.chunk, k=self.k, tail=self.tail) for ids in prompt_ids]
+        short = [short_context(self.base, ids, chunk=self.chunk, k=self.k, tail=self.tail) for ids in prompt_ids]
         self.prompt_lengths = [len(s) for s in short]
-        return self.draft.prefill(short, cache)
-
-    def forward(self, tokens: torch.Tensor, cache, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.draft.forward(tokens, cache, attn_mask)
+        return self.base.prefill(short, cache)
 
 
 def rapid(

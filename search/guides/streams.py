@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from ponder.errors import ConfigError
-from ponder.search.core.capabilities import AnswerExtractor, LengthChecked, RowRollbackCache, SteppedModel, TreeCache
+from ponder.search.core.capabilities import (
+    AnswerExtractor,
+    LengthChecked,
+    RowRollbackCache,
+    SteppedModel,
+    TokenizedModel,
+    TreeCache,
+)
 
 Combine = Callable[[torch.Tensor], torch.Tensor]  # logits [S, B, ..., V] -> guided logits [B, ..., V]
 Variants = Callable[[Any], list[list[int]]]  # prompt -> S token-id lists (stream 0 is what `encode` returns)
@@ -57,13 +64,16 @@ class StreamCache:
 
 
 class GuidedModel:
-    """What every guided model shares: `base`'s tokens, limits and capabilities (each blocked when
-    `base` lacks it), under the guide's `name`. A guide overrides `new_cache`, `prefill` and `forward`."""
+    """A sequence model over `base`, under its own `name`: `base`'s tokens, tokenizer, limits and
+    capabilities (each blocked when `base` lacks it), and by default its cache and forwards. A guide
+    (or a decoder's view of a draft) overrides what it changes: `new_cache`, `prefill`, `forward`."""
 
     def __init__(self, base, name: str):
         self.base, self.name = base, name
         self.eos_token_ids = base.eos_token_ids
         self.context_length = base.context_length
+        if isinstance(base, TokenizedModel):  # the same ids as base: a draft can be checked against it
+            self.tokenizer = base.tokenizer
         if not isinstance(base, SteppedModel):
             self.is_step_end = None
         if not isinstance(base, AnswerExtractor):
@@ -88,6 +98,12 @@ class GuidedModel:
 
     def new_cache(self):
         return self.base.new_cache()
+
+    def prefill(self, prompt_ids: Sequence[Sequence[int]], cache) -> torch.Tensor:
+        return self.base.prefill(prompt_ids, cache)
+
+    def forward(self, tokens: torch.Tensor, cache, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base.forward(tokens, cache, attn_mask)
 
 
 class StreamedModel(GuidedModel):
