@@ -402,6 +402,17 @@ SMOKE_SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 
                "batch_size": 4}
 
 
+def recipe_config(cfg, smoke_shape: dict, steps: int | None, smoke: bool, also: tuple[str, ...] = ()):
+    """A recipe's config for a run: `cfg` with the smoke shape (smoke), and a step count (`steps`, 2
+    for a smoke run) evaluated and checkpointed once, at the end; the fields named in `also` take
+    that step count too. A fresh config of `cfg`'s class (nested fields copied)."""
+    overrides = dict(smoke_shape) if smoke else {}
+    if steps is not None or smoke:
+        steps = steps or 2
+        overrides.update(steps=steps, eval_every=max(1, steps), **dict.fromkeys(also, steps))
+    return type(cfg)(**{**asdict(cfg), **overrides})
+
+
 def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: bool = False) -> dict:
     """Train zoo model `name` into ``zoo_dir/name``.
 
@@ -411,13 +422,7 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
     if name not in RECIPES:
         raise KeyError(name)
     cfg = RECIPES[name]
-    overrides = dict(SMOKE_SHAPE) if smoke else {}
-    if steps is not None or smoke:
-        steps = steps or 2
-        overrides.update(steps=steps, eval_every=max(1, steps))
-        if cfg.continue_steps:
-            overrides["continue_steps"] = steps
-    cfg = RecipeConfig(**{**asdict(cfg), **overrides})
+    cfg = recipe_config(cfg, SMOKE_SHAPE, steps, smoke, also=("continue_steps",) if cfg.continue_steps else ())
     count = 8 if smoke else None
     out = zoo_dir / name
     if name == "arith":

@@ -37,6 +37,7 @@ from ponder.modalities.text.train import (
     _train_loop,
     greedy_completions,
     lm_batch,
+    recipe_config,
     sampled_completions,
 )
 
@@ -242,10 +243,7 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
 
     steps: override the step count. smoke: a tiny draft, 2 steps (or `steps`), few problems.
     """
-    overrides = dict(SMOKE) if smoke else {}
-    if steps is not None or smoke:
-        overrides.update(steps=steps or 2, eval_every=max(1, steps or 2))
-    cfg = ChimeraConfig(**{**asdict(ChimeraConfig(name=name)), **overrides})
+    cfg = recipe_config(ChimeraConfig(name=name), SMOKE, steps, smoke)
     t0 = time.time()
     out_dir = zoo_dir / name
     target_dir = zoo_dir / "arith"

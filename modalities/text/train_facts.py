@@ -21,13 +21,13 @@ conflicts), and the share of conflict answers that are the memorised fact instea
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ponder.modalities.text import arith, facts
-from ponder.modalities.text.train import _as_shipped, _card, _save, _train_loop, llama_config
+from ponder.modalities.text.train import _as_shipped, _card, _save, _train_loop, llama_config, recipe_config
 
 
 @dataclass
@@ -155,11 +155,7 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
 
     if name not in RECIPES:
         raise KeyError(name)
-    overrides = dict(SMOKE_SHAPE) if smoke else {}
-    if steps is not None or smoke:
-        steps = steps or 2
-        overrides.update(steps=steps, eval_every=max(1, steps))
-    cfg = FactsConfig(**{**asdict(RECIPES[name]), **overrides})
+    cfg = recipe_config(RECIPES[name], SMOKE_SHAPE, steps, smoke)
     torch.manual_seed(cfg.seed)
     world = facts.World.generate(cfg.world_seed) if not smoke else facts.World.generate(cfg.world_seed, people=40,
                                                                                         companies=12, cities=8)

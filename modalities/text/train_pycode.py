@@ -38,6 +38,7 @@ from ponder.modalities.text.train import (
     _save,
     _train_loop,
     llama_config,
+    recipe_config,
 )
 
 
@@ -311,11 +312,7 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
     """
     if name not in RECIPES:
         raise KeyError(name)
-    overrides = dict(SMOKE_SHAPE) if smoke else {}
-    if steps is not None or smoke:
-        steps = steps or 2
-        overrides.update(steps=steps, eval_every=max(1, steps))
-    cfg = PycodeConfig(**{**asdict(RECIPES[name]), **overrides})
+    cfg = recipe_config(RECIPES[name], SMOKE_SHAPE, steps, smoke)
     out = zoo_dir / name
     if name == "pycode":
         return train_target(out, cfg, log, smoke=smoke)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -47,6 +46,7 @@ from ponder.modalities.text.train import (
     _load_target,
     _save,
     _train_loop,
+    recipe_config,
     sampled_completions,
 )
 from ponder.modalities.text.verifier_head import VerifierHead
@@ -327,10 +327,6 @@ def train(name: str, zoo_dir: Path, log=print, steps: int | None = None, smoke: 
     """
     if name not in ("prm", "orm"):
         raise KeyError(name)
-    overrides = dict(SMOKE_SHAPE) if smoke else {}
-    if steps is not None or smoke:
-        steps = steps or 2
-        overrides.update(steps=steps, eval_every=max(1, steps))
-    cfg = RecipeConfig(**{**asdict(RECIPES[name]), **overrides})
+    cfg = recipe_config(RECIPES[name], SMOKE_SHAPE, steps, smoke)
     counts = {"train_problems": 6, "eval_problems": 3} if smoke else {}
     return train_verifier(zoo_dir / name, cfg, zoo_dir / "arith", process=(name == "prm"), log=log, **counts)
