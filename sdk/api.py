@@ -194,11 +194,13 @@ def generate(
             and a strategy that runs on a Denoiser (sample, best-of-n, worst-of-n, the noise searches, ditto, ditto-2).
         lossless: refuse lossy decoders (bild, ead, medusa with acceptance="typical") with a
             ConfigError; ``result.config["lossy"]`` says whether the run's decoder was lossy.
-        guide: a guide (`ponder.search.guides.GUIDES`: "cad") that changes the distribution the model
-            samples from; every strategy and decoder runs on the guided model (a lossless decoder is
-            lossless with respect to the guided distribution). ``result.config["guide"]`` records it.
+        guide: a guide (`ponder.search.guides.GUIDES`: "cad", "uscd", "knn") that changes the
+            distribution the model samples from; every strategy and decoder runs on the guided model
+            (a lossless decoder is lossless with respect to the guided distribution).
+            ``result.config["guide"]`` records it.
         context: the text a context guide puts before the prompt (CAD: contrasted with the prompt alone).
-        guide_options: the guide's own options (CAD: ``alpha``, default 0.5).
+        guide_options: the guide's own options (CAD: ``alpha``; USCD: ``alpha``, ``threshold``,
+            ``keep_lines``, ``lame``; kNN-LM: ``corpus`` or ``datastore``, ``lam``, ``k``, ``temperature``).
         options: strategy-specific options (e.g. beam_width, weight_temperature, resampling,
             ess_threshold, gibbs_iterations, probe, confidence, abstain_below); an option the
             strategy does not take is an error naming the ones it does.
@@ -208,7 +210,8 @@ def generate(
     from ponder.request import check_guide, check_sampling
     from ponder.search.core import Denoiser
 
-    guide_fn = check_guide(guide, context, guide_options or {})
+    guide_options = guide_options or {}
+    guide_fn = check_guide(guide, context, guide_options)
     spec = registry.of_model(model)
     modality = spec.name
     steps = options.pop("steps", None)
@@ -266,12 +269,12 @@ def generate(
             raise ConfigError(f"guide {guide!r} guides a sequence model's tokens; {name} is a diffusion model")
         result = strategy_fn(model, prompt, verifier, n=n, seed=seed, **options)
     else:
-        runs_on = model if guide_fn is None else guide_fn(model, context=context, **(guide_options or {}))
+        runs_on = model if guide_fn is None else guide_fn(model, context=context, **guide_options)
         result = strategy_fn(runs_on, prompt, verifier, n=n, seed=seed, decoder=decoder, draft=draft,
                              sampling=sampling, max_new_tokens=max_new_tokens, stop=text_stop(model, stops),
                              stream=token_stream, **options)
         if guide_fn is not None:
-            result.config["guide"] = {"name": guide, **{k: _recorded(v) for k, v in (guide_options or {}).items()},
+            result.config["guide"] = {"name": guide, **{k: _recorded(v) for k, v in guide_options.items()},
                                       "context_chars": len(context) if isinstance(context, str) else None}
     if stream is not None:  # flush what was held back (a row that ended inside a character)
         for c in result.candidates:
